@@ -1,0 +1,138 @@
+"""The narrow interface the HTTP layer uses, and the plain dataclasses that cross it.
+
+Nothing here imports torch at module level, so `app` can type against these names cheaply.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS token, stop token id, or stop string
+    LENGTH = "length"  # max_tokens reached or the context window is full
+    ABORT = "abort"  # the caller went away or asked to stop
+    ERROR = "error"  # the engine failed this request; `RequestOutput.error` says why
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one request asks of the sampler and the stop logic.
+
+    `temperature == 0` means greedy. `top_k is None`, `top_p == 1` and `min_p == 0` disable
+    those filters. `max_tokens is None` means "until the context window is full".
+    """
+
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class RequestOutput:
+    """One increment of a request's output. The last one has `finished=True`."""
+
+    request_id: str
+    text: str  # text added since the previous output (never a partial UTF-8 character)
+    token_ids: list[int]  # tokens added since the previous output
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # total so far
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str  # the served model name
+    max_model_len: int
+    created: int  # unix time the model was loaded
+    owned_by: str = "atenea"
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int
+    running: int
+    kv_blocks_total: int
+    kv_blocks_free: int
+    steps: int  # engine steps run since start
+    tokens_generated: int  # sampled tokens since start
+
+
+class EngineError(Exception):
+    """Base of the errors the engine raises for a request the client got wrong."""
+
+    code = "invalid_request_error"
+    param: str | None = None
+
+
+class ContextLengthExceeded(EngineError):
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, param: str | None = "messages") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ChatTemplateError(EngineError):
+    code = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.param = "messages"
+
+
+class InvalidPrompt(EngineError):
+    def __init__(self, message: str, param: str | None = "prompt") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ChatMessage:
+    role: str  # system | user | assistant (| tool, later)
+    content: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class EngineClient(Protocol):
+    """What `app` needs from the runtime. `AsyncEngine` implements it; tests may fake it."""
+
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Chat template -> prompt token ids. Raises ChatTemplateError."""
+        ...
+
+    def validate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raises ContextLengthExceeded / InvalidPrompt before any work is queued."""
+        ...
+
+    def generate(
+        self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Streams outputs; closing the iterator early aborts the request."""
+        ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def is_alive(self) -> bool: ...

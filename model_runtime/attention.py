@@ -1,0 +1,108 @@
+"""Attention over the paged KV cache.
+
+A step's tokens arrive packed as one `[T, ...]` run: first one token for each decoding sequence,
+then the prefill chunks one after another. New keys/values are written into their cache slots, then
+each group attends to what its sequences have cached: all decodes in one batched call, each prefill
+chunk in its own call (there are few per step: the token budget bounds them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSlice:
+    start: int  # first row of this chunk in the step's packed tokens
+    length: int  # query tokens in the chunk
+    context_slots: torch.Tensor  # [L] cache slots of every key the chunk sees, in position order
+    mask: torch.Tensor | None  # [length, L] bool (True = attend); None when plainly causal (L == length)
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot that receives each new token's K/V
+    num_decodes: int  # the first rows are one decode token per sequence
+    decode_slots: torch.Tensor | None  # [num_decodes, Lmax] slots of each decode's context, padded
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, Lmax] bool, False on padding
+    prefills: list[PrefillSlice]
+
+
+class KVCache:
+    """One layer's paged cache: `[num_slots, kv_heads, head_dim]` for keys and for values.
+
+    A slot is `block * block_size + offset`; the block tables live in `kv_cache.BlockManager`.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys = keys
+        self.values = values
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, KVH, D]
+    v: torch.Tensor,  # [T, KVH, D]
+    cache: KVCache,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [T, H, D]
+    cache.keys.index_copy_(0, meta.slot_mapping, k)
+    cache.values.index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    n = meta.num_decodes
+    if n:
+        assert meta.decode_slots is not None
+        out[:n] = _decode(q[:n], cache, meta.decode_slots, meta.decode_mask, scale)
+    for p in meta.prefills:
+        out[p.start : p.start + p.length] = _prefill(q[p.start : p.start + p.length], k, v, cache, p, scale)
+    return out
+
+
+def _decode(
+    q: torch.Tensor,  # [B, H, D]
+    cache: KVCache,
+    slots: torch.Tensor,  # [B, L]
+    mask: torch.Tensor | None,  # [B, 1, 1, L]
+    scale: float,
+) -> torch.Tensor:
+    b, length = slots.shape
+    flat = slots.reshape(-1)
+    keys = cache.keys.index_select(0, flat).view(b, length, *cache.keys.shape[1:]).transpose(1, 2)
+    values = cache.values.index_select(0, flat).view(b, length, *cache.values.shape[1:]).transpose(1, 2)
+    # keys/values: [B, KVH, L, D]; q: [B, H, 1, D]
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
+    )
+    return out.squeeze(2)
+
+
+def _prefill(
+    q: torch.Tensor,  # [n, H, D]
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: KVCache,
+    p: PrefillSlice,
+    scale: float,
+) -> torch.Tensor:
+    if p.mask is None:
+        # No cached prefix: the chunk's own keys are all it sees, so skip the gather.
+        keys = k[p.start : p.start + p.length]
+        values = v[p.start : p.start + p.length]
+    else:
+        keys = cache.keys.index_select(0, p.context_slots)
+        values = cache.values.index_select(0, p.context_slots)
+    # -> [1, H|KVH, n|L, D]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        keys.transpose(0, 1).unsqueeze(0),
+        values.transpose(0, 1).unsqueeze(0),
+        attn_mask=p.mask,
+        is_causal=p.mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1)

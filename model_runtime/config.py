@@ -1,0 +1,25 @@
+"""Frozen runtime configuration. Derived facts (dtype, device, KV blocks) are returned, never written back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path  # a Hugging Face style folder: config.json, *.safetensors, tokenizer files
+    served_model_name: str
+    device: Device = "auto"
+    dtype: DType = "auto"
+    max_num_seqs: int = 64  # sequences running at once
+    max_model_len: int | None = None  # None: the model's own context window
+    max_num_batched_tokens: int = 512  # tokens per step; bounds a prefill chunk
+    block_size: int = 16  # tokens per KV block
+    kv_cache_memory_gib: float | None = None  # CPU: KV budget; None picks a default
+    gpu_memory_utilization: float = 0.9
+    num_threads: int | None = None  # CPU threads for torch; None: all cores

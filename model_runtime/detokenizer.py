@@ -1,0 +1,145 @@
+"""Streaming text out of token ids: the incremental detokenizer and the stop-string matcher.
+
+Both run on the engine thread for every token of every sequence, so each call does a bounded
+amount of work: the detokenizer decodes a window of a few tokens, never the whole output, and the
+stop matcher only looks at the held-back tail plus the new text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+# What UTF-8 decoding with replacement yields for an incomplete multibyte character.
+REPLACEMENT_CHAR = "\ufffd"
+
+# Prompt tokens decoded ahead of the first output token (vLLM uses the same number). One would do
+# for a SentencePiece leading space; a few more keep a multibyte character split across prompt
+# tokens from landing at the very start of the window.
+PROMPT_CONTEXT_TOKENS = 5
+
+Decode = Callable[[list[int]], str]
+
+
+class IncrementalDetokenizer:
+    """Turns one sequence's token ids into text, one token at a time.
+
+    The prefix-offset / read-offset technique (vLLM): keep a window of ids starting one emission
+    behind, decode `window` and `window[:read]`, and emit the difference. Decoding both from the
+    same starting token keeps context-dependent decoders right (SentencePiece strips the space
+    of the first token of a decoded string, so a window that started at the new token would lose
+    it). While the decoded tail ends in U+FFFD the newest bytes are an incomplete character and
+    the text is held back until a later token completes it.
+
+    The text is what the output tokens add after the prompt, special tokens skipped. For
+    byte-level BPE that is exactly `decode(output_ids, skip_special_tokens=True)`; for
+    SentencePiece the first output token keeps its leading space (" Paris" after "The capital
+    of France is"), which `decode(output_ids)` alone would strip. With no prompt ids it is
+    exactly `decode(output_ids)` for every tokenizer.
+    """
+
+    def __init__(
+        self,
+        decode: Decode,
+        prompt_ids: Sequence[int] = (),
+        skip_ids: Collection[int] = frozenset(),
+    ) -> None:
+        self._decode = decode
+        self._skip_ids = skip_ids
+        self._window = _prompt_context(prompt_ids, skip_ids)
+        self._prefix_text = decode(self._window) if self._window else ""
+        if self._prefix_text.endswith(REPLACEMENT_CHAR):
+            # A prompt given as ids may end mid-character; the output must not complete it.
+            self._window, self._prefix_text = [], ""
+        self._read = len(self._window)  # window[:read] has been emitted (or is prompt context)
+
+    def add(self, token_id: int) -> str:
+        """Feeds one generated token; returns the text it completes (often "", never partial)."""
+        if token_id in self._skip_ids:
+            # Special tokens decode to nothing; keeping them out of the window keeps it short.
+            return ""
+        self._window.append(token_id)
+        text = self._decode(self._window)
+        if len(text) <= len(self._prefix_text) or text.endswith(REPLACEMENT_CHAR):
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """Returns what is still held back (an incomplete character, as U+FFFD) at the end.
+
+        With it the concatenated output equals the full decode even when the sequence stops
+        in the middle of a character.
+        """
+        if self._read == len(self._window):
+            return ""
+        text = self._decode(self._window)
+        if len(text) <= len(self._prefix_text):
+            return ""
+        return self._advance(text)
+
+    def _advance(self, text: str) -> str:
+        new_text = text[len(self._prefix_text) :]
+        # The next window starts where this emission started, so it again decodes the
+        # latest emitted tokens as context for the next one.
+        self._window = self._window[self._read :]
+        self._read = len(self._window)
+        self._prefix_text = self._decode(self._window)
+        return new_text
+
+
+def _prompt_context(prompt_ids: Sequence[int], skip_ids: Collection[int]) -> list[int]:
+    """The last few non-special prompt ids: the context the first output token is decoded in."""
+    context: list[int] = []
+    for token_id in reversed(prompt_ids):
+        if token_id not in skip_ids:
+            context.append(token_id)
+            if len(context) == PROMPT_CONTEXT_TOKENS:
+                break
+    context.reverse()
+    return context
+
+
+class StopMatcher:
+    """Cuts streamed text at the first occurrence of any stop string, never leaking part of one.
+
+    `push` holds back the longest tail of the text that could still grow into a stop string, so
+    a stop string split across tokens is caught whole; the streamed text therefore equals the
+    full text cut at the earliest stop occurrence. The stop string itself is not emitted
+    (OpenAI's behaviour).
+    """
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stops = tuple(dict.fromkeys(s for s in stop if s))  # "" would match everywhere
+        # Every proper prefix of a stop string: the tails worth holding back.
+        self._prefixes = frozenset(s[:i] for s in self._stops for i in range(1, len(s)))
+        self._longest_prefix = max((len(p) for p in self._prefixes), default=0)
+        self._pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit now, whether a stop string completed)."""
+        if not self._stops:
+            return text, False
+        buffer = self._pending + text
+        cut = self._first_stop(buffer)
+        if cut is not None:
+            self._pending = ""
+            return buffer[:cut], True
+        held = self._held_length(buffer)
+        self._pending = buffer[len(buffer) - held :]
+        return buffer[: len(buffer) - held], False
+
+    def flush(self) -> str:
+        """Returns the held-back tail when the sequence ends for another reason."""
+        pending, self._pending = self._pending, ""
+        return pending
+
+    def _first_stop(self, buffer: str) -> int | None:
+        # The pending tail matched no stop string before, so any match involves the new text;
+        # searching the whole (short) buffer is simplest and finds the earliest one.
+        positions = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        return min(positions) if positions else None
+
+    def _held_length(self, buffer: str) -> int:
+        for length in range(min(len(buffer), self._longest_prefix), 0, -1):
+            if buffer[-length:] in self._prefixes:
+                return length
+        return 0

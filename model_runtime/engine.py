@@ -1,0 +1,202 @@
+"""The synchronous engine: one `step()` is schedule -> run -> sample -> postprocess.
+
+Runs on the engine thread only; `async_engine.AsyncEngine` is the thread-safe face of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence as Seq
+
+import torch
+
+from model_runtime.api import (
+    ChatMessage,
+    ContextLengthExceeded,
+    EngineStats,
+    FinishReason,
+    InvalidPrompt,
+    ModelInfo,
+    RequestOutput,
+    SamplingParams,
+)
+from model_runtime.config import EngineConfig
+from model_runtime.kv_cache import BlockManager
+from model_runtime.model_runner import ModelRunner
+from model_runtime.models.loader import load_model
+from model_runtime.request_state import RequestState
+from model_runtime.sampler import sample
+from model_runtime.scheduler import Scheduler
+from model_runtime.sequence import Sequence
+from model_runtime.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CPU_KV_GIB = 1.0
+
+
+def resolve_device(config: EngineConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(config.device)
+
+
+def resolve_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        # fp32 is the fast path on CPUs without bf16 matmul units; GPUs want bf16.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config)
+        self.dtype = resolve_dtype(config, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        started = time.perf_counter()
+        self.model, hf_config = load_model(config.model_path, self.device, self.dtype)
+        self.tokenizer = Tokenizer.from_folder(config.model_path)
+        self.vocab_size = self.model.shape.vocab_size
+        num_blocks = self._num_kv_blocks()
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.max_model_len = min(
+            config.max_model_len or hf_config.max_position_embeddings, num_blocks * config.block_size
+        )
+        self.model_info = ModelInfo(config.served_model_name, self.max_model_len, int(time.time()))
+        self.requests: dict[str, RequestState] = {}
+        self.steps = 0
+        self.tokens_generated = 0
+        log.info(
+            "loaded %s on %s (%s) in %.1fs: %d KV blocks of %d tokens, context %d",
+            config.served_model_name,
+            self.device,
+            self.dtype,
+            time.perf_counter() - started,
+            num_blocks,
+            config.block_size,
+            self.max_model_len,
+        )
+
+    def _num_kv_blocks(self) -> int:
+        per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.dtype)
+        if self.device.type == "cuda" and self.config.kv_cache_memory_gib is None:
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1 - self.config.gpu_memory_utilization) * total
+        else:
+            budget = (self.config.kv_cache_memory_gib or DEFAULT_CPU_KV_GIB) * 2**30
+        num_blocks = int(budget // per_block)
+        if num_blocks < 2:
+            raise RuntimeError(f"KV budget of {budget / 2**20:.0f} MiB is too small for this model")
+        return num_blocks
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def render_chat(self, messages: Seq[ChatMessage]) -> list[int]:
+        return self.tokenizer.render_chat(messages)
+
+    def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise InvalidPrompt("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
+            raise InvalidPrompt(f"prompt token ids must be in [0, {self.vocab_size})")
+        wanted = len(prompt_token_ids) + (params.max_tokens or 0)
+        if len(prompt_token_ids) >= self.max_model_len or wanted > self.max_model_len:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {wanted} tokens ({len(prompt_token_ids)} in the messages, "
+                f"{params.max_tokens or 0} in the completion). Please reduce the length of the "
+                "messages or completion."
+            )
+
+    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
+        self.validate(prompt_token_ids, params)
+        if request_id in self.requests:
+            raise InvalidPrompt(f"request id {request_id!r} is already running", param=None)
+        max_total = len(prompt_token_ids) + (params.max_tokens or self.max_model_len)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(params.seed)
+        seq = Sequence(
+            request_id=request_id,
+            token_ids=list(prompt_token_ids),
+            num_prompt_tokens=len(prompt_token_ids),
+            params=params,
+            max_total_tokens=min(max_total, self.max_model_len),
+            generator=generator,
+        )
+        detokenizer = self.tokenizer.detokenizer(prompt_token_ids)
+        self.requests[request_id] = RequestState(seq, detokenizer, self.tokenizer.eos_token_ids)
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        self.scheduler.finish(state.seq, FinishReason.ABORT)
+        return state.output("", [], FinishReason.ABORT)
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """Ends every request with an error; used when a step itself failed."""
+        outputs = []
+        for request_id in list(self.requests):
+            out = self.abort(request_id)
+            if out is not None:
+                out.finish_reason, out.error = FinishReason.ERROR, message
+                outputs.append(out)
+        return outputs
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running),
+            kv_blocks_total=self.blocks.num_blocks,
+            kv_blocks_free=self.blocks.num_free_blocks,
+            steps=self.steps,
+            tokens_generated=self.tokens_generated,
+        )
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        logits, sampled = self.runner.run(batch)
+        seqs = [c.seq for c in sampled]
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for chunk in batch.chunks:
+            self.scheduler.advance(chunk)
+        self.steps += 1
+        self.tokens_generated += len(tokens)
+        return [self._postprocess(seq, token) for seq, token in zip(seqs, tokens, strict=True)]
+
+    def _postprocess(self, seq: Sequence, token: int) -> RequestOutput:
+        state = self.requests[seq.request_id]
+        try:
+            text, reason = state.on_token(token)
+        except Exception as exc:  # one request's failure must not take the engine down
+            log.exception("postprocessing failed for %s", seq.request_id)
+            text, reason = "", FinishReason.ERROR
+            out = state.output(text, [token], reason)
+            out.error = f"internal error while decoding the output: {exc}"
+            self._finish(seq, reason)
+            return out
+        if reason is not None:
+            self._finish(seq, reason)
+        return state.output(text, [token], reason)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.scheduler.finish(seq, reason)
+        del self.requests[seq.request_id]

@@ -1,0 +1,138 @@
+"""Owns the model and its KV tensors; turns a scheduled batch into tensors and returns logits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
+from model_runtime.models.llama import LlamaModel
+from model_runtime.scheduler import Batch, ScheduledChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # [S] rows whose logits are sampled
+    sampled_chunks: list[ScheduledChunk]  # the S chunks, in row order
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        s = model.shape
+        # caches: num_layers x ([num_slots, KVH, D] keys, same for values)
+        self.caches = [
+            KVCache(
+                torch.zeros(num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
+                torch.zeros(num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(s.num_layers)
+        ]
+
+    @staticmethod
+    def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
+        s = model.shape
+        element = torch.empty((), dtype=dtype).element_size()
+        return 2 * s.num_layers * block_size * s.num_kv_heads * s.head_dim * element
+
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
+        """Runs one step; returns logits `[S, V]` for the chunks that sample, and those chunks."""
+        inputs = self.prepare(batch)
+        logits = self.model(inputs.input_ids, inputs.positions, self.caches, inputs.meta, inputs.logits_indices)
+        return logits, inputs.sampled_chunks
+
+    def prepare(self, batch: Batch) -> StepInputs:
+        ids: list[int] = []
+        positions: list[int] = []
+        sampled_rows: list[int] = []
+        sampled: list[ScheduledChunk] = []
+        for chunk in batch.chunks:
+            row = len(ids)
+            ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.length])
+            positions.extend(range(chunk.start, chunk.start + chunk.length))
+            if chunk.samples:
+                sampled_rows.append(row + chunk.length - 1)
+                sampled.append(chunk)
+        pos = torch.tensor(positions, dtype=torch.long)
+        slot_mapping = self._slots_of(batch, pos)
+        decode_slots, decode_mask = self._decode_context(batch.decodes)
+        prefills = self._prefill_slices(batch)
+        meta = AttentionMetadata(
+            slot_mapping=slot_mapping.to(self.device, non_blocking=True),
+            num_decodes=len(batch.decodes),
+            decode_slots=decode_slots,
+            decode_mask=decode_mask,
+            prefills=prefills,
+        )
+        return StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True),
+            positions=pos.to(self.device, non_blocking=True),
+            meta=meta,
+            logits_indices=torch.tensor(sampled_rows, dtype=torch.long).to(self.device, non_blocking=True),
+            sampled_chunks=sampled,
+        )
+
+    def _slots_of(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+        """Cache slot of every token processed this step, `[T]`."""
+        tables = [torch.tensor(c.seq.block_table, dtype=torch.long) for c in batch.chunks]
+        owners = torch.repeat_interleave(
+            torch.arange(len(tables)), torch.tensor([c.length for c in batch.chunks])
+        )
+        width = max(len(t) for t in tables)
+        padded = torch.zeros(len(tables), width, dtype=torch.long)
+        for i, t in enumerate(tables):
+            padded[i, : len(t)] = t
+        blocks = padded[owners, positions // self.block_size]
+        return blocks * self.block_size + positions % self.block_size
+
+    def _context_slots(self, block_table: list[int], length: int) -> torch.Tensor:
+        table = torch.tensor(block_table, dtype=torch.long)
+        offsets = torch.arange(self.block_size)
+        return (table[:, None] * self.block_size + offsets[None, :]).view(-1)[:length]
+
+    def _decode_context(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not decodes:
+            return None, None
+        lengths = torch.tensor([c.start + 1 for c in decodes])  # each decode sees every earlier token
+        max_len = int(lengths.max())
+        width = -(-max_len // self.block_size)
+        tables = torch.zeros(len(decodes), width, dtype=torch.long)  # padding points at block 0, masked
+        for i, c in enumerate(decodes):
+            table = c.seq.block_table[:width]
+            tables[i, : len(table)] = torch.tensor(table, dtype=torch.long)
+        offsets = torch.arange(self.block_size)
+        # slots: [B, width * block_size] -> [B, max_len]
+        slots = (tables[:, :, None] * self.block_size + offsets).view(len(decodes), -1)[:, :max_len]
+        mask = torch.arange(max_len)[None, :] < lengths[:, None]  # [B, L]
+        return (
+            slots.contiguous().to(self.device, non_blocking=True),
+            mask[:, None, None, :].to(self.device, non_blocking=True),
+        )
+
+    def _prefill_slices(self, batch: Batch) -> list[PrefillSlice]:
+        slices = []
+        row = len(batch.decodes)
+        for c in batch.prefills:
+            end = c.start + c.length
+            if c.start == 0:
+                context, mask = torch.empty(0, dtype=torch.long), None
+            else:
+                context = self._context_slots(c.seq.block_table, end)
+                query_pos = torch.arange(c.start, end)
+                mask = torch.arange(end)[None, :] <= query_pos[:, None]  # [n, L]
+                mask = mask.to(self.device, non_blocking=True)
+            slices.append(PrefillSlice(row, c.length, context.to(self.device, non_blocking=True), mask))
+            row += c.length
+        return slices
