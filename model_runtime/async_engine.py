@@ -176,7 +176,14 @@ class AsyncEngine:
         except Exception as exc:
             return [
                 RequestOutput(
-                    message.request_id, "", [], True, FinishReason.ERROR, len(message.prompt_token_ids), 0, str(exc)
+                    message.request_id,
+                    "",
+                    [],
+                    True,
+                    FinishReason.ERROR,
+                    len(message.prompt_token_ids),
+                    0,
+                    str(exc),
                 )
             ]
         return []

@@ -12,10 +12,10 @@ from collections.abc import Callable, Collection, Sequence
 # What UTF-8 decoding with replacement yields for an incomplete multibyte character.
 REPLACEMENT_CHAR = "\ufffd"
 
-# Prompt tokens decoded ahead of the first output token (vLLM uses the same number). One would do
-# for a SentencePiece leading space; a few more keep a multibyte character split across prompt
-# tokens from landing at the very start of the window.
+# Prompt tokens decoded ahead of the first output token, as vLLM does: the first output token must
+# not start the window, or SentencePiece would strip its leading space.
 PROMPT_CONTEXT_TOKENS = 5
+_MAX_CHAR_BYTES = 4
 
 Decode = Callable[[list[int]], str]
 
@@ -35,6 +35,14 @@ class IncrementalDetokenizer:
     SentencePiece the first output token keeps its leading space (" Paris" after "The capital
     of France is"), which `decode(output_ids)` alone would strip. With no prompt ids it is
     exactly `decode(output_ids)` for every tokenizer.
+
+    One case cannot match a full decode: byte-fallback tokenizers (Llama 2) turn a whole run of
+    <0xNN> tokens into U+FFFD once any byte in it is invalid, retroactively, while the stream
+    has already sent the valid characters before the bad byte. Build non-streamed text from
+    these same pieces, never from a separate `decode`, and the two stay identical.
+
+    While text is held (an incomplete character) the window grows by one id per token; a
+    character spans at most 4 bytes, so only garbage output holds for long.
     """
 
     def __init__(
@@ -45,11 +53,7 @@ class IncrementalDetokenizer:
     ) -> None:
         self._decode = decode
         self._skip_ids = skip_ids
-        self._window = _prompt_context(prompt_ids, skip_ids)
-        self._prefix_text = decode(self._window) if self._window else ""
-        if self._prefix_text.endswith(REPLACEMENT_CHAR):
-            # A prompt given as ids may end mid-character; the output must not complete it.
-            self._window, self._prefix_text = [], ""
+        self._window, self._prefix_text = _prompt_context(decode, prompt_ids, skip_ids)
         self._read = len(self._window)  # window[:read] has been emitted (or is prompt context)
 
     def add(self, token_id: int) -> str:
@@ -86,25 +90,39 @@ class IncrementalDetokenizer:
         return new_text
 
 
-def _prompt_context(prompt_ids: Sequence[int], skip_ids: Collection[int]) -> list[int]:
-    """The last few non-special prompt ids: the context the first output token is decoded in."""
-    context: list[int] = []
+def _prompt_context(
+    decode: Decode, prompt_ids: Sequence[int], skip_ids: Collection[int]
+) -> tuple[list[int], str]:
+    """The last few non-special prompt ids, and their text: the context of the first output token.
+
+    The context must decode cleanly: a window that starts inside a character spelled in
+    byte-fallback tokens (<0xE6><0x97><0xA5>) decodes that whole byte run as U+FFFD, so the start
+    moves back (a character is at most 4 bytes) until the text ends cleanly. A prompt that itself
+    ends mid-character (ids from a client) gets no context: the output must not complete it.
+    """
+    ids: list[int] = []
     for token_id in reversed(prompt_ids):
         if token_id not in skip_ids:
-            context.append(token_id)
-            if len(context) == PROMPT_CONTEXT_TOKENS:
+            ids.append(token_id)
+            if len(ids) == PROMPT_CONTEXT_TOKENS + _MAX_CHAR_BYTES - 1:
                 break
-    context.reverse()
-    return context
+    ids.reverse()
+    for size in range(min(PROMPT_CONTEXT_TOKENS, len(ids)), len(ids) + 1):
+        context = ids[len(ids) - size :]
+        text = decode(context)
+        if not text.endswith(REPLACEMENT_CHAR):
+            return context, text
+    return [], ""
 
 
 class StopMatcher:
     """Cuts streamed text at the first occurrence of any stop string, never leaking part of one.
 
     `push` holds back the longest tail of the text that could still grow into a stop string, so
-    a stop string split across tokens is caught whole; the streamed text therefore equals the
-    full text cut at the earliest stop occurrence. The stop string itself is not emitted
-    (OpenAI's behaviour).
+    a stop string split across tokens is caught whole and nothing before it is held back for
+    good. Generation ends at the first push that completes a stop string; the text is cut where
+    the earliest-starting stop string in the text so far begins (the stop string itself is not
+    emitted, as OpenAI does). How the text is split into pushes changes nothing else.
     """
 
     def __init__(self, stop: Sequence[str]) -> None:
@@ -112,6 +130,7 @@ class StopMatcher:
         # Every proper prefix of a stop string: the tails worth holding back.
         self._prefixes = frozenset(s[:i] for s in self._stops for i in range(1, len(s)))
         self._longest_prefix = max((len(p) for p in self._prefixes), default=0)
+        self._first_chars = frozenset(s[0] for s in self._stops)
         self._pending = ""
 
     def push(self, text: str) -> tuple[str, bool]:
@@ -135,11 +154,20 @@ class StopMatcher:
     def _first_stop(self, buffer: str) -> int | None:
         # The pending tail matched no stop string before, so any match involves the new text;
         # searching the whole (short) buffer is simplest and finds the earliest one.
-        positions = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        return min(positions) if positions else None
+        cut = None
+        for stop in self._stops:
+            i = buffer.find(stop)
+            if i >= 0 and (cut is None or i < cut):
+                cut = i
+        return cut
 
     def _held_length(self, buffer: str) -> int:
-        for length in range(min(len(buffer), self._longest_prefix), 0, -1):
-            if buffer[-length:] in self._prefixes:
-                return length
+        # Scan the tail left to right, so the first hit is the longest held suffix; the
+        # first-character test skips most positions without slicing.
+        if not self._longest_prefix:  # single-character stops: nothing to hold
+            return 0
+        tail = buffer[-self._longest_prefix :]
+        for i, char in enumerate(tail):
+            if char in self._first_chars and tail[i:] in self._prefixes:
+                return len(tail) - i
         return 0

@@ -34,8 +34,12 @@ class ModelRunner:
         # caches: num_layers x ([num_slots, KVH, D] keys, same for values)
         self.caches = [
             KVCache(
-                torch.zeros(num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
-                torch.zeros(num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
+                torch.zeros(
+                    num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
+                ),
+                torch.zeros(
+                    num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
+                ),
             )
             for _ in range(s.num_layers)
         ]
@@ -50,7 +54,9 @@ class ModelRunner:
     def run(self, batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
         """Runs one step; returns logits `[S, V]` for the chunks that sample, and those chunks."""
         inputs = self.prepare(batch)
-        logits = self.model(inputs.input_ids, inputs.positions, self.caches, inputs.meta, inputs.logits_indices)
+        logits = self.model(
+            inputs.input_ids, inputs.positions, self.caches, inputs.meta, inputs.logits_indices
+        )
         return logits, inputs.sampled_chunks
 
     def prepare(self, batch: Batch) -> StepInputs:
@@ -102,7 +108,9 @@ class ModelRunner:
         offsets = torch.arange(self.block_size)
         return (table[:, None] * self.block_size + offsets[None, :]).view(-1)[:length]
 
-    def _decode_context(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _decode_context(
+        self, decodes: list[ScheduledChunk]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not decodes:
             return None, None
         lengths = torch.tensor([c.start + 1 for c in decodes])  # each decode sees every earlier token

@@ -1,8 +1,10 @@
 """Pure functions over a step's logits: temperature, top-k, top-p, min-p, then the draw.
 
-The draw is an exponential race (argmax of p / Exp(1) noise), equivalent to sampling from p but
-with no host sync; seeded requests draw their noise from their own generator so a request's
-randomness does not depend on its batch companions. One host sync per step: the final `.tolist()`.
+The draw inverts each row's CDF at one uniform number: a cumulative sum and a binary search, with
+no host sync, and one random number per row (an exponential race over the whole vocabulary costs
+~30 ms per step on a CPU for a 49k vocabulary at batch 16). Seeded requests draw their number from
+their own generator, so a request's randomness does not depend on its batch companions.
+One host sync per step: the final `.tolist()`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def sample(
     if all(greedy):
         return logits.argmax(dim=-1).tolist()
     probs = probabilities(logits, params)
-    noise = _exponential_noise(probs, generators)
-    tokens = probs.div_(noise).argmax(dim=-1)
+    cdf = probs.cumsum_(dim=-1)  # [S, V]
+    # Scaled by each row's total so rounding in the sum never leaves u past the last bucket.
+    u = _uniforms(len(params), generators, logits.device)[:, None] * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
     if any(greedy):
         rows = torch.tensor([i for i, g in enumerate(greedy) if g], device=logits.device)
         tokens[rows] = logits[rows].argmax(dim=-1)
@@ -63,9 +67,11 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
-def _exponential_noise(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    noise = torch.empty_like(probs).exponential_()
+def _uniforms(
+    n: int, generators: Sequence[torch.Generator | None], device: torch.device
+) -> torch.Tensor:  # [n] in [0, 1)
+    u = torch.rand(n, device=device)
     for row, generator in enumerate(generators):
         if generator is not None:
-            noise[row].exponential_(generator=generator)
-    return noise
+            u[row] = torch.rand(1, device=device, generator=generator)[0]
+    return u

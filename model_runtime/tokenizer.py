@@ -95,8 +95,11 @@ def _plain(value: Any) -> Any:
     """JSON-like data only: objects with methods must not reach the sandbox."""
     if value is None or type(value) in (str, int, float, bool):
         return value
+    for base in (str, int, float):  # subclasses (enums, ...) carry extra methods: strip them
+        if isinstance(value, base):
+            return base(value) if base is not str else str.__str__(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return f"<{type(value).__name__}>"

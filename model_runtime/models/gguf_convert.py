@@ -8,7 +8,7 @@ Why not `AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`: in transform
 `accelerate`, may fetch matmul kernels from the Hub and keeps weights packed (and then refuses to
 save them). Reading the tensors with the `gguf` package is a few lines, needs no network and lets us
 check every tensor against the model's parameter list. The tokenizer and chat template do come from
-transformers (`AutoTokenizer.from_pretrained(..., gguf_file=...)`), which knows llama.cpp's
+transformers (`PreTrainedTokenizerFast.from_pretrained(..., gguf_file=...)`), which knows llama.cpp's
 vocabulary formats.
 
 Weights are written in float32: dequantized Q4/Q8 values are `scale * q + min` products that bf16 or
@@ -113,7 +113,9 @@ def build_config(metadata: dict[str, Any], tensor_names: list[str], arch: _Arch)
     head_dim = key("attention.key_length", hidden // heads)
     rotary_dims = key("rope.dimension_count", head_dim)
     if rotary_dims != head_dim:
-        raise GGUFConversionError(f"partial rotary embeddings ({rotary_dims} of {head_dim} dims) are not supported")
+        raise GGUFConversionError(
+            f"partial rotary embeddings ({rotary_dims} of {head_dim} dims) are not supported"
+        )
     if not arch.has_head_dim and head_dim != hidden // heads:
         raise GGUFConversionError(f"{prefix}: head_dim {head_dim} != hidden_size / heads is not supported")
 
@@ -125,7 +127,7 @@ def build_config(metadata: dict[str, Any], tensor_names: list[str], arch: _Arch)
         "num_hidden_layers": key("block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-5),
+        "rms_norm_eps": _from_f32(key("attention.layer_norm_rms_epsilon", 1e-5)),
         "max_position_embeddings": key("context_length", 2048),
         "rope_parameters": _rope_parameters(metadata, prefix, tensor_names),
         # llama.cpp writes `output.weight` only when the LM head is not the embedding matrix.
@@ -153,17 +155,26 @@ def _single_value(value: Any, what: str) -> int:
     return int(value)
 
 
+def _from_f32(value: float) -> float:
+    """The float a float32 field was written from: 1e-05, not 9.999999747378752e-06."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
+
+
 def _rope_parameters(metadata: dict[str, Any], prefix: str, tensor_names: list[str]) -> dict[str, Any]:
-    theta = float(metadata.get(f"{prefix}.rope.freq_base", 10000.0))
+    theta = _from_f32(metadata.get(f"{prefix}.rope.freq_base", 10000.0))
     scaling = metadata.get(f"{prefix}.rope.scaling.type", "none")
     # Llama 3.1-style scaling is stored as a `rope_freqs` tensor; converting it wrongly would only show
     # at long context, so refuse instead.
     if "rope_freqs.weight" in tensor_names:
-        raise GGUFConversionError("GGUF files with a rope_freqs tensor (Llama 3.1 RoPE scaling) are not supported")
+        raise GGUFConversionError(
+            "GGUF files with a rope_freqs tensor (Llama 3.1 RoPE scaling) are not supported"
+        )
     if scaling == "none":
         return {"rope_type": "default", "rope_theta": theta}
     if scaling == "linear":
-        factor = float(metadata[f"{prefix}.rope.scaling.factor"])
+        factor = _from_f32(metadata[f"{prefix}.rope.scaling.factor"])
         return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
     raise GGUFConversionError(f"RoPE scaling {scaling!r} is not supported")
 
@@ -222,13 +233,17 @@ def write_weights(
     missing = sorted(plan.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - plan.keys())
     if missing or unexpected:
-        raise GGUFConversionError(f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}")
+        raise GGUFConversionError(
+            f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}"
+        )
 
     shards = _plan_shards([(name, math.prod(plan[name][1]) * 4) for name in tensors])
     weight_map: dict[str, str] = {}
     bar = _progress_bar(len(tensors), progress)
     for index, names in enumerate(shards, start=1):
-        filename = "model.safetensors" if len(shards) == 1 else f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        filename = (
+            "model.safetensors" if len(shards) == 1 else f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        )
         shard: dict[str, torch.Tensor] = {}
         for gguf_name in names:
             hf_name, shape = plan[gguf_name]
@@ -256,7 +271,9 @@ def _plan_shards(sized_names: list[tuple[str, int]]) -> list[list[str]]:
     return shards
 
 
-def _load_tensor(tensor: ReaderTensor, shape: tuple[int, ...], config: PretrainedConfig, arch: _Arch) -> torch.Tensor:
+def _load_tensor(
+    tensor: ReaderTensor, shape: tuple[int, ...], config: PretrainedConfig, arch: _Arch
+) -> torch.Tensor:
     import numpy as np
     import torch
     from gguf import dequantize
@@ -283,9 +300,11 @@ def unpermute_qk(values: np.ndarray, heads: int) -> np.ndarray:
 
 def write_tokenizer(gguf_path: Path, metadata: dict[str, Any], out_dir: Path) -> None:
     """tokenizer.json + tokenizer_config.json + chat_template.jinja, built by transformers from the file."""
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(
+    # The fast-tokenizer class directly: AutoTokenizer would first rebuild the whole config from the
+    # file (seconds) only to end up at this same class.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
     )
     # transformers carries the template over today; the file is the authority if it ever stops.
@@ -312,4 +331,3 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="Converting tensors", unit="tensor", file=sys.stderr)
-

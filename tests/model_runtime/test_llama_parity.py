@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from model_runtime.api import SamplingParams
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner
 from model_runtime.models.loader import build_model
 from model_runtime.scheduler import Batch, ScheduledChunk
 from model_runtime.sequence import Sequence
-from model_runtime.api import SamplingParams
 
 TOL = 1e-4
 

@@ -1,0 +1,155 @@
+"""The engine end to end on a tiny random model: batching, chunking, preemption, finishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from model_runtime.api import (
+    ContextLengthExceeded,
+    FinishReason,
+    InvalidPrompt,
+    RequestOutput,
+    SamplingParams,
+)
+from model_runtime.config import EngineConfig
+from model_runtime.engine import Engine
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def make_engine(path: Path, **kw: object) -> Engine:
+    return Engine(EngineConfig(model_path=path, served_model_name="tiny", device="cpu", **kw))
+
+
+def run_all(engine: Engine) -> dict[str, list[RequestOutput]]:
+    outputs: dict[str, list[RequestOutput]] = {}
+    for _ in range(10_000):
+        if not engine.has_work():
+            break
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out)
+    assert not engine.has_work()
+    return outputs
+
+
+def tokens_of(outs: list[RequestOutput]) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
+def prompts(n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(3, 49152, (int(torch.randint(3, 60, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+
+
+def reference_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+def test_greedy_matches_transformers(tiny_model_path: Path, reference: torch.nn.Module) -> None:
+    engine = make_engine(tiny_model_path)
+    ps = prompts(3)
+    for i, p in enumerate(ps):
+        engine.add_request(f"r{i}", p, GREEDY)
+    outs = run_all(engine)
+    for i, p in enumerate(ps):
+        assert tokens_of(outs[f"r{i}"]) == reference_greedy(reference, p, 12)
+        assert outs[f"r{i}"][-1].finish_reason is FinishReason.LENGTH
+
+
+def test_batching_chunking_and_preemption_do_not_change_greedy_output(tiny_model_path: Path) -> None:
+    ps = prompts(12, seed=1)
+    solo = make_engine(tiny_model_path)
+    expected = {}
+    for i, p in enumerate(ps):
+        solo.add_request(f"r{i}", p, GREEDY)
+        expected[f"r{i}"] = tokens_of(run_all(solo)[f"r{i}"])
+
+    # Tiny token budget (chunked prefill) and a KV budget far below what 12 sequences need.
+    engine = make_engine(
+        tiny_model_path,
+        max_num_batched_tokens=24,
+        block_size=4,
+        kv_cache_memory_gib=40 * 4 * 2 * 2 * 2 * 16 * 4 / 2**30,
+    )
+    assert engine.blocks.num_blocks == 40
+    outs: dict[str, list[RequestOutput]] = {}
+    for i, p in enumerate(ps):  # requests join a running batch at step boundaries
+        engine.add_request(f"r{i}", p, GREEDY)
+        for out in engine.step():
+            outs.setdefault(out.request_id, []).append(out)
+    for rid, more in run_all(engine).items():
+        outs.setdefault(rid, []).extend(more)
+    assert engine.scheduler.num_preemptions > 0
+    assert {rid: tokens_of(o) for rid, o in outs.items()} == expected
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_abort_returns_blocks(tiny_model_path: Path) -> None:
+    engine = make_engine(tiny_model_path)
+    engine.add_request("a", prompts(1)[0], SamplingParams(max_tokens=100, ignore_eos=True))
+    engine.step()
+    assert engine.blocks.num_free_blocks < engine.blocks.num_blocks
+    assert engine.abort("a") is not None
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks and not engine.has_work()
+
+
+def test_seed_reproducible(tiny_model_path: Path) -> None:
+    engine = make_engine(tiny_model_path)
+    params = SamplingParams(temperature=30.0, seed=1234, max_tokens=16, ignore_eos=True)
+    runs = []
+    for i in range(2):
+        engine.add_request(f"s{i}", prompts(1)[0], params)
+        runs.append(tokens_of(run_all(engine)[f"s{i}"]))
+    assert runs[0] == runs[1]
+    engine.add_request(
+        "other", prompts(1)[0], SamplingParams(temperature=30.0, seed=99, max_tokens=16, ignore_eos=True)
+    )
+    assert tokens_of(run_all(engine)["other"]) != runs[0]
+
+
+def test_stop_token_ids_and_eos(tiny_model_path: Path, reference: torch.nn.Module) -> None:
+    engine = make_engine(tiny_model_path)
+    p = prompts(1)[0]
+    greedy = reference_greedy(reference, p, 10)
+    # The last token that first appears late in the greedy output, so the stop happens there.
+    k = max(i for i, t in enumerate(greedy) if t not in greedy[:i])
+    engine.add_request("a", p, SamplingParams(temperature=0.0, max_tokens=20, stop_token_ids=(greedy[k],)))
+    outs = run_all(engine)["a"]
+    assert tokens_of(outs) == greedy[: k + 1]
+    assert outs[-1].finish_reason is FinishReason.STOP and outs[-1].completion_tokens == k + 1
+
+
+def test_validation(tiny_model_path: Path) -> None:
+    engine = make_engine(tiny_model_path, max_model_len=64)
+    with pytest.raises(ContextLengthExceeded):
+        engine.validate([5] * 60, SamplingParams(max_tokens=10))
+    with pytest.raises(ContextLengthExceeded):
+        engine.validate([5] * 64, SamplingParams(max_tokens=None))
+    with pytest.raises(InvalidPrompt):
+        engine.validate([], SamplingParams())
+    with pytest.raises(InvalidPrompt):
+        engine.validate([49152], SamplingParams())
+
+
+def test_max_tokens_none_stops_at_the_context_window(tiny_model_path: Path) -> None:
+    engine = make_engine(tiny_model_path, max_model_len=40)
+    engine.add_request("a", [5] * 30, SamplingParams(max_tokens=None, ignore_eos=True))
+    outs = run_all(engine)["a"]
+    assert outs[-1].finish_reason is FinishReason.LENGTH and outs[-1].completion_tokens == 10
