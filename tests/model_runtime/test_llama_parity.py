@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from model_runtime.api import SamplingParams
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner
-from model_runtime.models.loader import build_model
+from model_runtime.models.loader import build_model, prepare_for_inference
 from model_runtime.scheduler import Batch, ScheduledChunk
 from model_runtime.sequence import Sequence
 
@@ -44,6 +44,7 @@ def reference_and_native(config: LlamaConfig | Qwen2Config) -> tuple[torch.nn.Mo
                 p.normal_()
     native = build_model(config, torch.device("cpu"), torch.float32)
     native.load_hf_weights(reference.state_dict().items())
+    prepare_for_inference(native)  # the CPU's packed weights, as served
     return reference, ModelRunner(native, num_blocks=32, block_size=4)
 
 

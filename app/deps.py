@@ -1,0 +1,27 @@
+"""Request-scoped access to what lives on app.state. Tests override these or set app.state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.errors import engine_unavailable
+from app.settings import Settings
+from model_runtime import EngineClient
+
+
+def get_engine(request: Request) -> EngineClient:
+    engine: EngineClient | None = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise engine_unavailable()
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+EngineDep = Annotated[EngineClient, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,117 @@
+"""The one error envelope, {"error": {"message", "type", "param", "code"}}, and the handlers that
+turn every failure (validation, routing, engine, anything unexpected) into it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.schemas.common import ErrorDetail, ErrorResponse
+from app.validation import describe_validation_errors
+from model_runtime import EngineError
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    """An error answered to the client as is: status, envelope and optional headers."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = dict(headers or {})
+
+    def envelope(self) -> ErrorResponse:
+        return ErrorResponse(error=self.detail)
+
+    def to_response(self) -> Response:
+        return Response(
+            self.envelope().model_dump_json(),
+            status_code=self.status_code,
+            headers=self.headers,
+            media_type="application/json",
+        )
+
+
+def model_not_found(model: str) -> APIError:
+    # OpenAI answers an unknown model with 404, type invalid_request_error, code model_not_found.
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def engine_error(exc: EngineError) -> APIError:
+    """An engine error is always the client's doing (see model_runtime.api.EngineError)."""
+    return APIError(400, str(exc), param=exc.param, code=exc.code)
+
+
+def server_error(message: str, code: str = "internal_error", status_code: int = 500) -> APIError:
+    return APIError(status_code, message, type=SERVER_ERROR, code=code)
+
+
+def engine_unavailable() -> APIError:
+    return server_error("The model is not loaded or the engine has stopped.", "engine_unavailable", 503)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.to_response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    described = describe_validation_errors(exc.errors())
+    return APIError(400, described.message, param=described.param, code=described.code).to_response()
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EngineError)
+    return engine_error(exc).to_response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        error = APIError(404, f"Invalid URL ({where})", code="not_found")
+    elif exc.status_code == 405:
+        error = APIError(405, f"Method not allowed ({where})", code="method_not_allowed", headers=exc.headers)
+    else:
+        # FastAPI's own 4xx (an unreadable body, ...): keep the status, wrap the detail.
+        error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
+        error = APIError(exc.status_code, str(exc.detail), type=error_type, headers=exc.headers)
+    return error.to_response()
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs the traceback and re-raises after this response is sent.
+    return server_error("The server had an error while processing your request.").to_response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,31 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.deps import EngineDep
+from app.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
+from app.schemas.common import ErrorResponse
+from app.services import chat
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "JSON, or SSE chunks when `stream` is true",
+        },
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+    },
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, engine: EngineDep
+) -> Response:
+    return await chat.create_chat_completion(body, engine, request)

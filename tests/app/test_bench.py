@@ -1,0 +1,225 @@
+"""The benchmark tools: the serve bench against a fake streaming server, the engine bench's helpers.
+
+The real engine bench needs a model and minutes; these tests cover its accounting with a fake engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.bench import describe_ms, percentile, register, throughput
+from app.bench.engine import make_prompts, run_engine_batch
+from app.bench.serve import ServeBenchConfig, format_summary, run_benchmark
+from model_runtime.api import RequestOutput, SamplingParams
+
+BASE_URL = "http://bench.test/v1"
+
+
+class FakeServer:
+    """A tiny OpenAI-style chat server: k content chunks, a usage chunk, [DONE].
+
+    `fail` picks request indices (from the prompt's "Request {i}.") that get a 500 instead;
+    `break_mid_stream` picks ones that send an error event after the first chunk.
+    """
+
+    def __init__(self, chunks: int, fail: set[int] = frozenset(), break_mid_stream: set[int] = frozenset()):
+        self.chunks = chunks
+        self.fail = fail
+        self.break_mid_stream = break_mid_stream
+        self.bodies: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            ]
+        )
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.bodies.append(body)
+        index = int(re.search(r"Request (\d+)\.", body["messages"][0]["content"]).group(1))
+        if index in self.fail:
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        return StreamingResponse(self.stream(index), media_type="text/event-stream")
+
+    async def stream(self, index: int) -> AsyncIterator[str]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            for i in range(self.chunks):
+                await asyncio.sleep(0.001)
+                yield _event({"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]})
+                if index in self.break_mid_stream:
+                    yield _event({"error": {"message": "engine died", "type": "server_error"}})
+                    yield "data: [DONE]\n\n"
+                    return
+            yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+            usage = {"prompt_tokens": 7, "completion_tokens": self.chunks, "total_tokens": 7 + self.chunks}
+            yield _event({"choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+        finally:
+            self.in_flight -= 1
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _bench(server: FakeServer, **config: object) -> dict:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app)) as client:
+        result = await run_benchmark(ServeBenchConfig(base_url=BASE_URL, **config), client=client)
+    return result.summary()
+
+
+async def test_serve_bench_counts_tokens_and_latencies() -> None:
+    server = FakeServer(chunks=5)
+    summary = await _bench(server, num_requests=8, concurrency=3, max_tokens=5)
+
+    assert (summary["requests"], summary["ok"], summary["failed"]) == (8, 8, 0)
+    assert summary["model"] == "fake-model"  # from GET /models
+    assert summary["completion_tokens"] == 40  # from the usage chunks
+    assert summary["output_tok_s"] > 0 and summary["request_s"] > 0
+    assert summary["ttft_ms"]["median"] > 0 and summary["ttft_ms"]["p99"] >= summary["ttft_ms"]["median"]
+    assert summary["itl_ms"]["median"] is not None  # 4 gaps per request between 5 content chunks
+    assert 1 < server.max_in_flight <= 3
+    assert summary["errors"] == []
+
+
+async def test_serve_bench_request_shape() -> None:
+    server = FakeServer(chunks=2)
+    await _bench(server, num_requests=4, concurrency=2, max_tokens=9, ignore_eos=True, model="m")
+
+    body = server.bodies[0]
+    assert body["model"] == "m" and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 9 and body["temperature"] == 0.0 and body["ignore_eos"] is True
+    prompts = {b["messages"][0]["content"] for b in server.bodies}
+    assert len(prompts) == 4  # varied per request so nothing is trivially cached
+
+    plain = FakeServer(chunks=2)
+    await _bench(plain, num_requests=1, concurrency=1)
+    assert "ignore_eos" not in plain.bodies[0]
+
+
+async def test_serve_bench_counts_failures() -> None:
+    server = FakeServer(chunks=3, fail={0, 2, 4}, break_mid_stream={5})
+    summary = await _bench(server, num_requests=8, concurrency=4)
+
+    assert (summary["requests"], summary["ok"], summary["failed"]) == (8, 4, 4)
+    assert summary["completion_tokens"] == 4 * 3  # failed requests contribute nothing
+    assert any("HTTP 500" in e for e in summary["errors"])
+    assert any("engine died" in e for e in summary["errors"])
+    table = format_summary(summary)
+    assert "Failed requests" in table and "TTFT median / p99 (ms)" in table
+
+
+async def test_serve_bench_all_failed_reports_no_latency() -> None:
+    summary = await _bench(FakeServer(chunks=3, fail={0, 1}), num_requests=2, concurrency=2)
+    assert summary["ok"] == 0 and summary["output_tok_s"] == 0.0
+    assert summary["ttft_ms"]["median"] is None
+    assert "-" in format_summary(summary)
+
+
+def test_stats_helpers() -> None:
+    assert throughput(100, 4.0) == 25.0 and throughput(5, 0.0) == 0.0
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+    stats = describe_ms([0.010, 0.020, 0.030])
+    assert stats["median"] == pytest.approx(20.0) and stats["mean"] == pytest.approx(20.0)
+
+
+def test_make_prompts_is_seeded_and_avoids_excluded_ids() -> None:
+    prompts = make_prompts(4, 32, vocab_size=10, seed=1, exclude={0, 1})
+    assert len(prompts) == 4 and all(len(p) == 32 for p in prompts)
+    assert all(0 <= t < 10 and t not in {0, 1} for p in prompts for t in p)
+    assert prompts == make_prompts(4, 32, vocab_size=10, seed=1, exclude={0, 1})
+    assert prompts != make_prompts(4, 32, vocab_size=10, seed=2, exclude={0, 1})
+
+
+class FakeEngine:
+    """Admits `admit` requests per step (a chunked prefill), one token per running request per step."""
+
+    def __init__(self, admit: int, fail: str | None = None) -> None:
+        self.admit = admit
+        self.fail = fail
+        self.pending: list[str] = []
+        self.remaining: dict[str, int] = {}
+
+    def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
+        self.pending.append(request_id)
+        self.remaining[request_id] = params.max_tokens or 1
+
+    def has_work(self) -> bool:
+        return bool(self.remaining)
+
+    def step(self) -> list[RequestOutput]:
+        running = [r for r in self.remaining if r not in self.pending]
+        admitted, self.pending = self.pending[: self.admit], self.pending[self.admit :]
+        outputs = []
+        for request_id in running + admitted:
+            self.remaining[request_id] -= 1
+            done = self.remaining[request_id] == 0
+            outputs.append(RequestOutput(request_id, "x", [1], finished=done, error=self.fail))
+            if done:
+                del self.remaining[request_id]
+        return outputs
+
+
+def test_run_engine_batch_splits_prefill_from_decode() -> None:
+    clock = itertools.count()  # one "second" per clock read: start, after each of 4 steps, end
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    seen: list[int] = []
+    timing = run_engine_batch(
+        FakeEngine(admit=2), [[5]] * 4, params, clock=lambda: float(next(clock)), on_step=seen.append
+    )
+
+    assert timing.completion_tokens == 12 and timing.steps == 4 and seen == [2, 4, 4, 2]
+    assert timing.seconds == 5.0 and timing.tok_s == pytest.approx(12 / 5)
+    # Every request has its first token after step 2; steps 3 and 4 are pure decode.
+    assert timing.decode_tokens == 6 and timing.decode_seconds == 3.0
+    assert timing.as_dict()["decode_tok_s"] == pytest.approx(2.0)
+
+
+def test_run_engine_batch_raises_on_a_failed_request() -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_engine_batch(FakeEngine(admit=1, fail="out of memory"), [[5]], params)
+
+
+def test_left_pad_builds_a_left_padded_batch() -> None:
+    from app.bench.engine import left_pad
+
+    ids, mask = left_pad([[7, 8, 9], [4]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_cli_registers_both_tools() -> None:
+    from app.bench import engine, serve
+
+    parser = argparse.ArgumentParser(prog="atenea")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "serve", "-c", "4", "-n", "10", "--max-tokens", "32", "--ignore-eos"])
+    assert args.func is serve.run and (args.concurrency, args.num_requests, args.ignore_eos) == (4, 10, True)
+    args = parser.parse_args(["bench", "engine", "--batch-size", "16", "--baseline", "none"])
+    assert args.func is engine.run and args.batch_size == 16 and args.baseline == "none"
+    assert args.model == "smollm2-135m-instruct"

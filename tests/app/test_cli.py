@@ -1,0 +1,168 @@
+"""`atenea serve`: flags, their env vars, and what it hands to uvicorn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app.main
+import model_runtime
+from app.cli import build_parser, main
+from app.commands.serve import settings_from_args
+from app.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FLAGS = {
+    "--host": "ATENEA_HOST",
+    "--port": "ATENEA_PORT",
+    "--model": "ATENEA_MODEL",
+    "--served-model-name": "ATENEA_SERVED_MODEL_NAME",
+    "--device": "ATENEA_DEVICE",
+    "--dtype": "ATENEA_DTYPE",
+    "--max-num-seqs": "ATENEA_MAX_NUM_SEQS",
+    "--max-model-len": "ATENEA_MAX_MODEL_LEN",
+    "--max-num-batched-tokens": "ATENEA_MAX_NUM_BATCHED_TOKENS",
+    "--kv-cache-memory-gib": "ATENEA_KV_CACHE_MEMORY_GIB",
+    "--log-level": "ATENEA_LOG_LEVEL",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ATENEA_"):
+            monkeypatch.delenv(name)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ATENEA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO_ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_help_lists_every_flag_with_its_env_var() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())  # argparse wraps lines
+    for flag, env in FLAGS.items():
+        assert flag in help_text
+        assert f"env: {env})" in help_text
+    assert "(default: 8000; env: ATENEA_PORT)" in help_text
+    assert "(default: smollm2-135m-instruct; env: ATENEA_MODEL)" in help_text
+    # Every setting has a flag: nothing configurable only through the environment.
+    assert {f"--{name.replace('_', '-')}" for name in Settings.model_fields} == set(FLAGS)
+
+
+def test_env_vars_set_the_defaults_shown_in_help() -> None:
+    result = run_cli("serve", "--help", env={"ATENEA_PORT": "9000", "ATENEA_DEVICE": "cpu"})
+    help_text = " ".join(result.stdout.split())
+    assert "(default: 9000; env: ATENEA_PORT)" in help_text
+    assert "(default: cpu; env: ATENEA_DEVICE)" in help_text
+
+
+def test_env_vars_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATENEA_PORT", "9000")
+    monkeypatch.setenv("ATENEA_MAX_MODEL_LEN", "2048")
+    monkeypatch.setenv("ATENEA_KV_CACHE_MEMORY_GIB", "1.5")
+    settings = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (settings.port, settings.max_model_len, settings.kv_cache_memory_gib) == (9000, 2048, 1.5)
+    settings = settings_from_args(
+        build_parser().parse_args(["serve", "--port", "7000", "--dtype", "bfloat16"])
+    )
+    assert (settings.port, settings.dtype, settings.max_model_len) == (7000, "bfloat16", 2048)
+
+
+def test_defaults_without_env() -> None:
+    settings = settings_from_args(build_parser().parse_args(["serve"]))
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.model) == ("127.0.0.1", 8000, "smollm2-135m-instruct")
+    assert (settings.max_num_seqs, settings.max_num_batched_tokens, settings.max_model_len) == (64, 512, None)
+
+
+def test_bad_env_var_is_reported_not_a_traceback() -> None:
+    result = run_cli("serve", "--help", env={"ATENEA_PORT": "eighty"})
+    assert result.returncode == 2
+    assert "ATENEA_" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["serve", "--device", "tpu"], ["serve", "--port", "x"]])
+def test_bad_flag_is_a_usage_error(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(args)
+    assert exit_info.value.code == 2
+
+
+@dataclass(frozen=True)
+class FakeResolved:
+    path: Path
+    served_name: str
+
+
+def test_serve_builds_the_engine_config_and_runs_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    resolved: list[str] = []
+    created: dict[str, Any] = {}
+    ran: dict[str, Any] = {}
+
+    def resolve_model(name: str) -> FakeResolved:
+        resolved.append(name)
+        return FakeResolved(tmp_path, "resolved-name")
+
+    def create_app(settings: Settings, engine_config: model_runtime.EngineConfig) -> str:
+        created.update(settings=settings, engine_config=engine_config)
+        return "the-app"
+
+    def uvicorn_run(app: object, **kwargs: Any) -> None:
+        ran.update(app=app, **kwargs)
+
+    monkeypatch.setattr(model_runtime, "resolve_model", resolve_model, raising=False)
+    monkeypatch.setattr(app.main, "create_app", create_app)
+    monkeypatch.setattr("uvicorn.run", uvicorn_run)
+    monkeypatch.setenv("ATENEA_MAX_NUM_SEQS", "8")
+
+    assert (
+        main(["serve", "--port", "1234", "--model", "tiny", "--device", "cpu", "--log-level", "warning"]) == 0
+    )
+    assert resolved == ["tiny"]
+    config = created["engine_config"]
+    assert config == model_runtime.EngineConfig(
+        model_path=tmp_path,
+        served_model_name="resolved-name",
+        device="cpu",
+        dtype="auto",
+        max_num_seqs=8,
+        max_model_len=None,
+        max_num_batched_tokens=512,
+        kv_cache_memory_gib=None,
+    )
+    assert ran == {"app": "the-app", "host": "127.0.0.1", "port": 1234, "log_level": "warning"}
+
+    main(["serve", "--served-model-name", "my-model"])
+    assert created["engine_config"].served_model_name == "my-model"
+
+
+def test_invalid_value_for_serve_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match="invalid option"):
+        main(["serve", "--port", "-5"])
+
+
+def test_unservable_model_exits_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def resolve_model(name: str) -> FakeResolved:
+        raise ValueError("not a model folder")
+
+    monkeypatch.setattr(model_runtime, "resolve_model", resolve_model, raising=False)
+    with pytest.raises(SystemExit, match="cannot serve model 'nope': not a model folder"):
+        main(["serve", "--model", "nope"])
