@@ -29,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     resolved = resolve_model(args.model, progress=True)
-    print(
-        f"{resolved.served_name}: {resolved.path} ({time.perf_counter() - started:.1f}s; cache {atenea_home()})"
-    )
+    elapsed = time.perf_counter() - started
+    print(f"{resolved.served_name}: {resolved.path} ({elapsed:.1f}s; cache {atenea_home()})")
     return 0

@@ -140,17 +140,22 @@ def test_sampling_extensions_accepted(client: OpenAI) -> None:
     assert r.usage.completion_tokens == 10 and r.choices[0].finish_reason == "length"
 
 
-def test_system_and_text_parts(client: OpenAI) -> None:
-    r = client.chat.completions.create(
-        model=MODEL,
-        temperature=0,
-        max_tokens=20,
-        messages=[
-            {"role": "system", "content": "You are a geography teacher."},
-            {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]},
-        ],
-    )
-    assert "Paris" in r.choices[0].message.content
+def test_system_message_and_text_parts(client: OpenAI) -> None:
+    def ask(content: object) -> str:
+        r = client.chat.completions.create(
+            model=MODEL,
+            temperature=0,
+            max_tokens=20,
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant. Answer in one sentence."},
+                {"role": "user", "content": content},
+            ],
+        )
+        return r.choices[0].message.content
+
+    plain = ask("What is the capital of France?")
+    parts = ask([{"type": "text", "text": "What is the capital of France?"}])
+    assert "Paris" in plain and parts == plain
 
 
 def test_legacy_completions(client: OpenAI) -> None:
