@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     model: str = Field(
         "smollm2-135m-instruct",
-        description="model to serve: a built-in name, a Hugging Face repo id or a local folder",
+        description="model to serve: a built-in name, a local Hugging Face model folder or a .gguf file",
     )
     served_model_name: str | None = Field(
         None, description="the model id clients send and /v1/models lists; unset: derived from --model"
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         512, ge=1, description="tokens per engine step; bounds a prefill chunk"
     )
     kv_cache_memory_gib: float | None = Field(
-        None, gt=0, description="KV cache size in GiB; unset: picked from free memory"
+        None, gt=0, description="KV cache size in GiB; unset: 1 GiB on CPU, free GPU memory on CUDA"
     )
     log_level: LogLevel = Field("info", description="logging level")
 

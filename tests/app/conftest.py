@@ -11,15 +11,12 @@ from openai import AsyncOpenAI
 from app.main import create_app
 from app.settings import Settings
 from tests.app.fake_engine import FakeEngine
-from tests.app.openapi_schemas import OpenAPISchemas, find_spec, load_spec
+from tests.app.openapi_schemas import SPEC_PATH, OpenAPISchemas, load_spec
 
 
 @pytest.fixture(scope="session")
 def openapi() -> OpenAPISchemas:
-    path = find_spec()
-    if path is None:
-        pytest.skip("OpenAI's openapi.yaml is not available (expected under shared/openai-openapi/)")
-    return OpenAPISchemas(load_spec(path))
+    return OpenAPISchemas(load_spec(SPEC_PATH))
 
 
 @pytest.fixture
