@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from model_runtime.models.cpu_linear import onednn_available, pack_linears
+from model_runtime.models.cpu_linear import onednn_available, use_cpu_linears
 from model_runtime.models.llama import LlamaModel, LlamaShape, rope_inv_freq
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,20 @@ def build_model(config: Any, device: torch.device, dtype: torch.dtype) -> LlamaM
     return model.eval()
 
 
-def prepare_for_inference(model: LlamaModel) -> None:
-    """Device-specific weight layouts, once the weights are in place."""
+def prepare_for_inference(model: LlamaModel, half_weights: bool = False) -> None:
+    """Device-specific weight layouts, once the weights are in place.
+
+    `half_weights` (CPU only): keep linear weights at fp16 precision, computing in fp32.
+    """
     if next(model.parameters()).device.type == "cpu" and onednn_available():
-        pack_linears(model)
+        use_cpu_linears(model, half_weights)
 
 
-def load_model(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[LlamaModel, Any]:
+def load_model(
+    folder: Path, device: torch.device, dtype: torch.dtype, half_weights: bool = False
+) -> tuple[LlamaModel, Any]:
     config = load_hf_config(folder)
     model = build_model(config, device, dtype)
     model.load_hf_weights(iter_safetensors(folder))
-    prepare_for_inference(model)
+    prepare_for_inference(model, half_weights)
     return model, config

@@ -62,8 +62,10 @@ def reference_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[
     return ids[0, len(prompt) :].tolist()
 
 
-def test_greedy_matches_transformers(tiny_model_path: Path, reference: torch.nn.Module) -> None:
-    engine = make_engine(tiny_model_path)
+@pytest.mark.parametrize("dtype", ["float32", "auto"])
+def test_greedy_matches_transformers(tiny_model_path: Path, reference: torch.nn.Module, dtype: str) -> None:
+    """fp32 is exact; `auto` on a CPU keeps fp16 weights, close enough not to change greedy picks."""
+    engine = make_engine(tiny_model_path, dtype=dtype)
     ps = prompts(3)
     for i, p in enumerate(ps):
         engine.add_request(f"r{i}", p, GREEDY)
@@ -125,7 +127,7 @@ def test_seed_reproducible(tiny_model_path: Path) -> None:
 
 
 def test_stop_token_ids_and_eos(tiny_model_path: Path, reference: torch.nn.Module) -> None:
-    engine = make_engine(tiny_model_path)
+    engine = make_engine(tiny_model_path, dtype="float32")
     p = prompts(1)[0]
     greedy = reference_greedy(reference, p, 10)
     # The last token that first appears late in the greedy output, so the stop happens there.

@@ -44,8 +44,27 @@ def reference_and_native(config: LlamaConfig | Qwen2Config) -> tuple[torch.nn.Mo
                 p.normal_()
     native = build_model(config, torch.device("cpu"), torch.float32)
     native.load_hf_weights(reference.state_dict().items())
-    prepare_for_inference(native)  # the CPU's packed weights, as served
+    prepare_for_inference(native)  # the CPU's packed fp32 weights
     return reference, ModelRunner(native, num_blocks=32, block_size=4)
+
+
+@pytest.mark.parametrize("length", [5, 23])  # few rows: FBGEMM's fp16 GEMM; many: oneDNN
+def test_fp16_weights_stay_close_to_the_reference(length: int) -> None:
+    """The CPU's default layout rounds weights to fp16: logits move by far less than their spread."""
+    config = tiny_config("llama")
+    torch.manual_seed(0)
+    reference = LlamaForCausalLM(config).eval()
+    native = build_model(config, torch.device("cpu"), torch.float32)
+    native.load_hf_weights(reference.state_dict().items())
+    prepare_for_inference(native, half_weights=True)
+    runner = ModelRunner(native, num_blocks=32, block_size=4)
+    tokens = torch.randint(0, 97, (length,)).tolist()
+    with torch.no_grad():
+        expected = reference(torch.tensor([tokens])).logits[0, -1]
+    seq = make_seq(tokens, BlockManager(runner.num_blocks, runner.block_size))
+    logits, _ = runner.run(Batch(prefills=[ScheduledChunk(seq, 0, length)]))
+    assert expected.std() > 0.1
+    torch.testing.assert_close(logits[0], expected, atol=2e-3, rtol=0)
 
 
 def make_seq(tokens: list[int], blocks: BlockManager) -> Sequence:
