@@ -22,7 +22,7 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from model_runtime.api import ChatMessage, ChatTemplateError
+from model_runtime.api import ChatMessage, ChatTemplateError, InvalidPrompt
 from model_runtime.detokenizer import IncrementalDetokenizer, StopMatcher
 
 __all__ = ["CHATML_TEMPLATE", "ChatTemplate", "IncrementalDetokenizer", "StopMatcher", "Tokenizer"]
@@ -227,16 +227,17 @@ class Tokenizer:
             eos.add(hf_tokenizer.eos_token_id)
         return cls(hf_tokenizer, chat_template, frozenset(eos))
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
         """Prompt text -> ids. BOS is added by default, as `tokenizer(text)` and vLLM's
         completions endpoint do: Llama-family models degrade badly without it."""
+        _check_encodable(text, param)
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def render_chat(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
         """Messages -> prompt ids, as `apply_chat_template(tokenize=True)`: the template writes
         BOS itself, so the rendered text is encoded without special tokens (no double BOS)."""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
-        return self.encode(text, add_special_tokens=False)
+        return self.encode(text, add_special_tokens=False, param="messages")
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Ids -> text, special tokens skipped and no "clean-up" of spaces (it corrupts text like
@@ -246,6 +247,18 @@ class Tokenizer:
     def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer:
         """A fresh streaming decoder for one sequence that follows `prompt_ids`."""
         return IncrementalDetokenizer(self._decode, prompt_ids, self.special_ids)
+
+
+def _check_encodable(text: str, param: str) -> None:
+    """JSON can carry lone UTF-16 surrogates ("\\ud800") that no tokenizer can take."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPrompt(
+            f"the text is not valid Unicode: {exc.reason} at position {exc.start}", param
+        ) from None
 
 
 def _template_source(hf_tokenizer: Any, folder: Path) -> str:

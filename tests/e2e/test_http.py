@@ -52,6 +52,8 @@ def test_health(server: Server) -> None:
             "stop",
         ),
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "bogus": 1}), "bogus"),
+        # A lone UTF-16 surrogate is valid JSON but no valid text.
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "\ud800"}]}), "messages"),
     ],
 )
 def test_bad_requests_get_400_in_the_envelope(server: Server, body: str, param: str | None) -> None:

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from model_runtime.api import ChatMessage, ChatTemplateError
+from model_runtime.api import ChatMessage, ChatTemplateError, InvalidPrompt
 from model_runtime.detokenizer import IncrementalDetokenizer
 from model_runtime.tokenizer import CHATML_TEMPLATE, ChatTemplate, StopMatcher, Tokenizer
 
@@ -542,3 +542,13 @@ def test_vocab_and_decode_agree_with_transformers(
         ids = tok.encode("café 日本 🙂 Paris")
         assert ids == hf.encode("café 日本 🙂 Paris")
         assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_lone_surrogates_are_an_invalid_prompt_not_a_crash(tokenizers: dict[str, Tokenizer]) -> None:
+    tokenizer = tokenizers["bytelevel"]
+    with pytest.raises(InvalidPrompt) as err:
+        tokenizer.encode("bad \ud800 text")
+    assert err.value.param == "prompt"
+    with pytest.raises(InvalidPrompt) as err:
+        tokenizer.render_chat([ChatMessage("user", "\udfff")])
+    assert err.value.param == "messages"
