@@ -71,6 +71,8 @@ class EngineStats:
     kv_blocks_free: int
     steps: int  # engine steps run since start
     tokens_generated: int  # sampled tokens since start
+    prefix_cache_queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hit_tokens: int = 0  # of those, tokens whose K/V were reused
 
 
 class EngineError(Exception):

@@ -23,3 +23,4 @@ class EngineConfig:
     kv_cache_memory_gib: float | None = None  # CPU: KV budget; None picks a default
     gpu_memory_utilization: float = 0.9
     num_threads: int | None = None  # CPU threads for torch; None: all cores
+    enable_prefix_caching: bool = True  # reuse the KV blocks of prompts' known prefixes

@@ -71,7 +71,7 @@ class Engine:
         self.vocab_size = self.model.shape.vocab_size
         num_blocks = self._num_kv_blocks()
         self.runner = ModelRunner(self.model, num_blocks, config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.max_model_len = min(
             config.max_model_len or hf_config.max_position_embeddings, num_blocks * config.block_size
@@ -172,6 +172,8 @@ class Engine:
             kv_blocks_free=self.blocks.num_free_blocks,
             steps=self.steps,
             tokens_generated=self.tokens_generated,
+            prefix_cache_queried_tokens=self.blocks.prefix_queried_tokens,
+            prefix_cache_hit_tokens=self.blocks.prefix_hit_tokens,
         )
 
     # -- the step -------------------------------------------------------------------------------

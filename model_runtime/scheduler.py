@@ -4,7 +4,7 @@ Each step has a token budget. Running sequences that decode come first (one toke
 prefill chunks — of sequences part-way through their prompt, then of newly admitted ones — fill
 what is left, so a long prompt is spread over several steps instead of stalling every decode.
 When KV blocks run out, the most recently admitted sequence is preempted: its blocks are freed
-and it waits to be recomputed from its tokens.
+and it waits to be recomputed from its tokens (what of it is still cached is not recomputed).
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ class Scheduler:
         # Admit waiting sequences while there is room in the budget, the batch and the cache.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            self.blocks.match_prefix(seq)  # a known prefix needs no compute
             length = min(seq.num_pending_tokens, budget)
             if not self.blocks.can_allocate(seq, seq.num_computed_tokens + length):
+                self.blocks.free(seq)  # its cached blocks stay cached for the next try
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq, seq.num_computed_tokens + length)
@@ -123,6 +125,7 @@ class Scheduler:
     def advance(self, chunk: ScheduledChunk) -> None:
         """Records that the chunk's tokens now have K/V in the cache."""
         chunk.seq.num_computed_tokens = chunk.start + chunk.length
+        self.blocks.register_full_blocks(chunk.seq)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Ends `seq` wherever it is and returns its blocks."""

@@ -27,6 +27,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V sit in the cache
     block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)  # prefix hashes of the full computed blocks
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
 

@@ -155,3 +155,21 @@ def test_max_tokens_none_stops_at_the_context_window(tiny_model_path: Path) -> N
     engine.add_request("a", [5] * 30, SamplingParams(max_tokens=None, ignore_eos=True))
     outs = run_all(engine)["a"]
     assert outs[-1].finish_reason is FinishReason.LENGTH and outs[-1].completion_tokens == 10
+
+
+def test_prefix_cache_reuses_a_shared_prompt_without_changing_outputs(tiny_model_path: Path) -> None:
+    system = prompts(1, seed=3)[0] * 3  # a long shared prefix
+    questions = [system + q for q in prompts(3, seed=4)]
+    outputs = {}
+    for caching in (False, True):
+        engine = make_engine(tiny_model_path, enable_prefix_caching=caching, dtype="float32")
+        for i, p in enumerate(questions):  # one after another: each finds the previous ones' blocks
+            engine.add_request(f"q{i}", p, GREEDY)
+            outputs[(caching, i)] = tokens_of(run_all(engine)[f"q{i}"])
+        stats = engine.stats()
+        if caching:
+            assert stats.prefix_cache_hit_tokens >= 2 * (len(system) // 16) * 16
+        else:
+            assert stats.prefix_cache_hit_tokens == 0
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    assert all(outputs[(True, i)] == outputs[(False, i)] for i in range(3))

@@ -4,8 +4,8 @@ from model_runtime.scheduler import Scheduler
 from model_runtime.sequence import Sequence, SequenceStatus
 
 
-def seq(name: str, n: int) -> Sequence:
-    return Sequence(name, list(range(n)), n, SamplingParams(), max_total_tokens=1000)
+def seq(name: str, n: int, first: int = 0) -> Sequence:
+    return Sequence(name, list(range(first, first + n)), n, SamplingParams(), max_total_tokens=1000)
 
 
 def run_step(scheduler: Scheduler) -> list[tuple[str, int, int]]:
@@ -43,7 +43,7 @@ def test_max_num_seqs_bounds_the_running_set() -> None:
 def test_out_of_blocks_preempts_the_newest_and_recomputes_it_later() -> None:
     blocks = BlockManager(num_blocks=3, block_size=2)
     scheduler = Scheduler(blocks, max_num_seqs=8, max_num_batched_tokens=100)
-    a, b = seq("a", 2), seq("b", 2)
+    a, b = seq("a", 2), seq("b", 2, first=100)  # different prompts: nothing to share
     scheduler.add(a)
     scheduler.add(b)
     run_step(scheduler)  # a, b hold one block each and have sampled a third token
@@ -53,8 +53,8 @@ def test_out_of_blocks_preempts_the_newest_and_recomputes_it_later() -> None:
     assert scheduler.num_preemptions == 1
     scheduler.finish(a, FinishReason.STOP)
     assert blocks.num_free_blocks == 3
-    # b comes back and recomputes its prompt plus the token it had generated.
-    assert run_step(scheduler) == [("b", 0, 3)]
+    # b comes back: its full first block is still cached, so only the token after it is computed.
+    assert run_step(scheduler) == [("b", 2, 1)]
 
 
 def test_finish_frees_blocks_of_waiting_and_running_sequences() -> None:
@@ -67,3 +67,43 @@ def test_finish_frees_blocks_of_waiting_and_running_sequences() -> None:
     scheduler.finish(b, FinishReason.ABORT)  # still waiting
     scheduler.finish(a, FinishReason.ABORT)  # running
     assert blocks.num_free_blocks == 16 and not scheduler.has_work()
+
+
+def test_a_cached_prefix_is_not_computed_again() -> None:
+    blocks = BlockManager(num_blocks=32, block_size=4)
+    scheduler = Scheduler(blocks, max_num_seqs=8, max_num_batched_tokens=100)
+    first = seq("first", 10)
+    scheduler.add(first)
+    run_step(scheduler)  # computes 10 tokens: blocks [0..3], [4..7] are full and registered
+    scheduler.finish(first, FinishReason.STOP)
+    second = seq("second", 13)  # same first 10 tokens, then 3 more
+    scheduler.add(second)
+    assert run_step(scheduler) == [("second", 8, 5)]
+    assert blocks.prefix_hit_tokens == 8
+    # A prompt that is all cached still computes its last token, for the logits.
+    third = seq("third", 8)
+    scheduler.add(third)
+    assert run_step(scheduler) == [("second", 13, 1), ("third", 4, 4)]
+
+
+def test_cached_blocks_are_shared_then_reused_when_memory_is_needed() -> None:
+    blocks = BlockManager(num_blocks=4, block_size=4)
+    scheduler = Scheduler(blocks, max_num_seqs=8, max_num_batched_tokens=100)
+    a = seq("a", 9)
+    scheduler.add(a)
+    run_step(scheduler)
+    b = seq("b", 9)
+    scheduler.add(b)
+    run_step(scheduler)
+    assert b.block_table[:2] == a.block_table[:2]  # shared, not copied
+    assert blocks.num_free_blocks == 0
+    scheduler.finish(a, FinishReason.STOP)
+    scheduler.finish(b, FinishReason.STOP)
+    assert blocks.num_free_blocks == 4
+    other = seq("other", 16, first=500)  # needs every block: the cached ones are overwritten
+    scheduler.add(other)
+    assert run_step(scheduler) == [("other", 0, 16)]
+    again = seq("again", 9)
+    scheduler.finish(other, FinishReason.STOP)
+    scheduler.add(again)
+    assert run_step(scheduler) == [("again", 0, 9)]  # nothing left to reuse
