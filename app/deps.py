@@ -13,7 +13,8 @@ from model_runtime import EngineClient
 
 def get_engine(request: Request) -> EngineClient:
     engine: EngineClient | None = getattr(request.app.state, "engine", None)
-    if engine is None:
+    if engine is None or not engine.is_alive():
+        # A dead engine would accept the request and never answer it.
         raise engine_unavailable()
     return engine
 

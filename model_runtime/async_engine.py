@@ -101,6 +101,8 @@ class AsyncEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
+        if not self.is_alive():
+            raise RuntimeError("the engine is not running")
         self.validate(prompt_token_ids, params)
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")

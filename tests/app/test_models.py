@@ -52,3 +52,11 @@ async def test_health(client: httpx.AsyncClient, engine: FakeEngine, openapi: Op
     response = await client.get("/health")
     assert response.status_code == 503
     openapi.validate("ErrorResponse", response.json())
+
+
+async def test_requests_to_a_dead_engine_get_503(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    engine.alive = False
+    body = {"model": engine.model_info.id, "messages": [{"role": "user", "content": "hi"}]}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_unavailable"
