@@ -62,7 +62,8 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = resolve_device(config)
-        self.dtype, half_weights = resolve_dtype(config, self.device)
+        self.dtype, self.half_weights = resolve_dtype(config, self.device)
+        half_weights = self.half_weights
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
         started = time.perf_counter()

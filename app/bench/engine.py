@@ -163,6 +163,7 @@ class EngineRun:
     device: torch.device  # as the engine resolved "auto"
     dtype: torch.dtype
     pad_id: int
+    half_weights: bool  # the engine's CPU linears keep fp16 weights (the baseline has fp32 ones)
 
 
 def bench_engine(args: argparse.Namespace, path: Path, served_name: str) -> EngineRun:
@@ -192,7 +193,8 @@ def bench_engine(args: argparse.Namespace, path: Path, served_name: str) -> Engi
     total = args.batch_size * args.max_tokens
     with tqdm(total=total, desc="engine", unit="tok", file=sys.stderr) as bar:
         timing = run_engine_batch(engine, prompts, params, on_step=bar.update)
-    return EngineRun(timing, prompts, engine.device, engine.dtype, min(eos) if eos else 0)
+    pad_id = min(eos) if eos else 0
+    return EngineRun(timing, prompts, engine.device, engine.dtype, pad_id, engine.half_weights)
 
 
 def bench_generate(
@@ -268,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             resolved.path, measured.prompts, args.max_tokens, device, dtype, measured.pad_id
         )
 
-    print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}")
+    weights = " (engine: fp16 weights, fp32 arithmetic)" if measured.half_weights else ""
+    print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}{weights}")
     print(f"model:    {resolved.served_name} ({resolved.path})")
     print(f"work:     batch {args.batch_size} x prompt {args.prompt_len} -> {args.max_tokens} tokens each")
     print(_timing_line("engine:", engine_t))
@@ -285,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
                 "device": device.type,
                 "device_name": device_name(device),
                 "dtype": str(dtype).removeprefix("torch."),
+                "engine_fp16_weights": measured.half_weights,
                 "threads": torch.get_num_threads(),
                 "model": resolved.served_name,
                 "model_path": str(resolved.path),
