@@ -210,8 +210,16 @@ def bench_generate(
     import transformers
     from transformers import AutoModelForCausalLM
 
+    from model_runtime.models.random_models import has_random_weights
+
     transformers.logging.set_verbosity_error()  # generation-flag warnings would drown the table
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if has_random_weights(path):
+        # Same shapes, its own random weights: the speed comparison is what counts here.
+        config = transformers.AutoConfig.from_pretrained(path)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
 
     def generate(new_tokens: int) -> torch.Tensor:

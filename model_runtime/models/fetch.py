@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_runtime.models import random_models
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # Bump when the conversion output changes, so folders written by an older converter are redone.
@@ -89,6 +91,12 @@ def resolve_model(spec: str, home: Path | None = None, progress: bool = True) ->
     home = atenea_home() if home is None else Path(home)
     if spec in BUILTIN_MODELS:
         return _resolve_builtin(BUILTIN_MODELS[spec], home, progress)
+    if random_models.is_random_spec(spec):
+        # Shapes of real models with random weights; they borrow the default model's tokenizer.
+        random_models.shape_name(spec)  # an unknown shape fails before anything is fetched
+        tokenizer = _resolve_builtin(BUILTIN_MODELS[DEFAULT_MODEL], home, progress).path
+        folder = random_models.materialize(spec, home, tokenizer)
+        return ResolvedModel(path=folder, served_name=folder.name)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -103,7 +111,8 @@ def resolve_model(spec: str, home: Path | None = None, progress: bool = True) ->
         raise ValueError(f"model path {spec!r} does not exist")
     known = ", ".join(sorted(BUILTIN_MODELS))
     raise ValueError(
-        f"unknown model {spec!r}: give a built-in name ({known}), a Hugging Face model folder or a .gguf file"
+        f"unknown model {spec!r}: give a built-in name ({known}), a Hugging Face model folder, a .gguf "
+        f"file or a random-weight shape ({', '.join('random:' + n for n in random_models.SHAPES)})"
     )
 
 

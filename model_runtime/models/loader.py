@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from model_runtime.models.cpu_linear import onednn_available, use_cpu_linears
 from model_runtime.models.llama import LlamaModel, LlamaShape, rope_inv_freq
+from model_runtime.models.random_models import has_random_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,26 @@ def prepare_for_inference(model: LlamaModel, half_weights: bool = False) -> None
         use_cpu_linears(model, half_weights)
 
 
+def fill_random(model: LlamaModel, seed: int = 0) -> None:
+    """Weights for a random-weight model, drawn on its device: small normals, unit norms."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+
+
 def load_model(
     folder: Path, device: torch.device, dtype: torch.dtype, half_weights: bool = False
 ) -> tuple[LlamaModel, Any]:
     config = load_hf_config(folder)
     model = build_model(config, device, dtype)
-    model.load_hf_weights(iter_safetensors(folder))
+    if has_random_weights(folder):
+        log.warning("%s has random weights: for measuring speed, not for answers", folder.name)
+        fill_random(model)
+    else:
+        model.load_hf_weights(iter_safetensors(folder))
     prepare_for_inference(model, half_weights)
     return model, config

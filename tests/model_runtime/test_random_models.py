@@ -1,0 +1,42 @@
+"""Random-weight models of real shapes: what GPU benchmarks run on where no weights can be fetched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_runtime.api import SamplingParams
+from model_runtime.config import EngineConfig
+from model_runtime.engine import Engine
+from model_runtime.models.fetch import resolve_model
+from model_runtime.models.loader import load_hf_config
+
+
+def test_random_shapes_have_the_published_configs(default_model_path: Path) -> None:
+    llama2 = load_hf_config(resolve_model("random:llama2-7b", progress=False).path)
+    assert (llama2.hidden_size, llama2.num_hidden_layers, llama2.num_key_value_heads) == (4096, 32, 32)
+    llama3 = load_hf_config(resolve_model("random:llama3-8b", progress=False).path)
+    assert (llama3.vocab_size, llama3.intermediate_size, llama3.num_key_value_heads) == (128256, 14336, 8)
+    assert not list(resolve_model("random:llama3-8b", progress=False).path.glob("*.safetensors"))
+
+
+def test_a_random_model_serves_tokens(default_model_path: Path) -> None:
+    resolved = resolve_model("random:smollm2-135m", progress=False)
+    assert json.loads((resolved.path / "random-weights.json").read_text())["shape"] == "smollm2-135m"
+    engine = Engine(
+        EngineConfig(model_path=resolved.path, served_model_name=resolved.served_name, device="cpu")
+    )
+    engine.add_request(
+        "r", engine.tokenizer.encode("Hello there"), SamplingParams(max_tokens=5, ignore_eos=True)
+    )
+    outs = []
+    while engine.has_work():
+        outs.extend(engine.step())
+    assert outs[-1].finished and outs[-1].completion_tokens == 5
+
+
+def test_unknown_random_shape() -> None:
+    with pytest.raises(ValueError, match="random:llama2-7b"):
+        resolve_model("random:gpt-5", progress=False)
