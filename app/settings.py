@@ -28,7 +28,11 @@ class Settings(BaseSettings):
         None, description="the model id clients send and /v1/models lists; unset: derived from --model"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weight dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto: on CPU fp16 weights with fp32 arithmetic, on CUDA bfloat16; "
+        "float32 keeps full-precision weights",
+    )
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together at most")
     max_model_len: int | None = Field(
         None, ge=1, description="context window in tokens; unset: the model's own"

@@ -63,11 +63,10 @@ class Engine:
         self.config = config
         self.device = resolve_device(config)
         self.dtype, self.half_weights = resolve_dtype(config, self.device)
-        half_weights = self.half_weights
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
         started = time.perf_counter()
-        self.model, hf_config = load_model(config.model_path, self.device, self.dtype, half_weights)
+        self.model, hf_config = load_model(config.model_path, self.device, self.dtype, self.half_weights)
         self.tokenizer = Tokenizer.from_folder(config.model_path)
         self.vocab_size = self.model.shape.vocab_size
         num_blocks = self._num_kv_blocks()
@@ -86,7 +85,7 @@ class Engine:
             config.served_model_name,
             self.device,
             self.dtype,
-            ", fp16 weights" if half_weights else "",
+            ", fp16 weights" if self.half_weights else "",
             time.perf_counter() - started,
             num_blocks,
             config.block_size,
