@@ -27,7 +27,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot that receives each new token's K/V
     num_decodes: int  # the first rows are one decode token per sequence
     decode_slots: torch.Tensor | None  # [num_decodes, Lmax] slots of each decode's context, padded
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, Lmax] bool, False on padding
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, Lmax] bool, False on padding; None: no padding
     prefills: list[PrefillSlice]
 
 
@@ -52,8 +52,12 @@ def paged_attention(
 ) -> torch.Tensor:  # [T, H, D]
     cache.keys.index_copy_(0, meta.slot_mapping, k)
     cache.values.index_copy_(0, meta.slot_mapping, v)
-    out = torch.empty_like(q)
     n = meta.num_decodes
+    if n and not meta.prefills:
+        # The steady state: decodes only, no copy into a shared output.
+        assert meta.decode_slots is not None
+        return _decode(q, cache, meta.decode_slots, meta.decode_mask, scale)
+    out = torch.empty_like(q)
     if n:
         assert meta.decode_slots is not None
         out[:n] = _decode(q[:n], cache, meta.decode_slots, meta.decode_mask, scale)

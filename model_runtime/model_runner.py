@@ -123,11 +123,11 @@ class ModelRunner:
         offsets = torch.arange(self.block_size)
         # slots: [B, width * block_size] -> [B, max_len]
         slots = (tables[:, :, None] * self.block_size + offsets).view(len(decodes), -1)[:, :max_len]
+        slots = slots.contiguous().to(self.device, non_blocking=True)
+        if bool((lengths == max_len).all()):
+            return slots, None  # nothing padded: attention's unmasked path is the faster one
         mask = torch.arange(max_len)[None, :] < lengths[:, None]  # [B, L]
-        return (
-            slots.contiguous().to(self.device, non_blocking=True),
-            mask[:, None, None, :].to(self.device, non_blocking=True),
-        )
+        return slots, mask[:, None, None, :].to(self.device, non_blocking=True)
 
     def _prefill_slices(self, batch: Batch) -> list[PrefillSlice]:
         slices = []
