@@ -112,7 +112,8 @@ class Engine:
     def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
         if not prompt_token_ids:
             raise InvalidPrompt("the prompt is empty")
-        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
+        # min/max run in C: validation happens on the event loop and again on the engine thread.
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.vocab_size:
             raise InvalidPrompt(f"prompt token ids must be in [0, {self.vocab_size})")
         wanted = len(prompt_token_ids) + (params.max_tokens or 0)
         if len(prompt_token_ids) >= self.max_model_len or wanted > self.max_model_len:

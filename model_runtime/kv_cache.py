@@ -97,9 +97,12 @@ class BlockManager:
             seq.block_hashes.append(h)
             previous = h
         seq.num_computed_tokens = len(seq.block_table) * size
-        self.prefix_queried_tokens += seq.num_tokens
-        self.prefix_hit_tokens += seq.num_computed_tokens
         return seq.num_computed_tokens
+
+    def record_lookup(self, num_tokens: int, hit_tokens: int) -> None:
+        """Counts one admitted sequence's prefix lookup (a lookup retried while blocked counts once)."""
+        self.prefix_queried_tokens += num_tokens
+        self.prefix_hit_tokens += hit_tokens
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """Records the hashes of `seq`'s blocks that have become full and computed."""

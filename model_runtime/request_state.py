@@ -32,8 +32,9 @@ class RequestState:
             return text, FinishReason.STOP
         if seq.num_tokens >= seq.max_total_tokens:
             # An incomplete character at the very end is dropped, never sent as U+FFFD.
-            tail = self.detokenizer.flush().rstrip("\ufffd")
-            return text + self.stop.push(tail)[0] + self.stop.flush(), FinishReason.LENGTH
+            tail, stopped = self.stop.push(self.detokenizer.flush().rstrip("\ufffd"))
+            reason = FinishReason.STOP if stopped else FinishReason.LENGTH
+            return text + tail + ("" if stopped else self.stop.flush()), reason
         return text, None
 
     def output(self, text: str, new_tokens: list[int], reason: FinishReason | None) -> RequestOutput:

@@ -84,12 +84,13 @@ class Scheduler:
         # Admit waiting sequences while there is room in the budget, the batch and the cache.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            self.blocks.match_prefix(seq)  # a known prefix needs no compute
+            cached = self.blocks.match_prefix(seq)  # a known prefix needs no compute
             length = min(seq.num_pending_tokens, budget)
             if not self.blocks.can_allocate(seq, seq.num_computed_tokens + length):
                 self.blocks.free(seq)  # its cached blocks stay cached for the next try
                 break
             self.waiting.popleft()
+            self.blocks.record_lookup(seq.num_tokens, cached)
             self.blocks.allocate(seq, seq.num_computed_tokens + length)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
