@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from app.deps import EngineDep
 from app.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
-from app.schemas.common import ErrorResponse
+from app.schemas.common import GENERATION_RESPONSES
 from app.services import chat
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -16,14 +16,7 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 @router.post(
     "/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "JSON, or SSE chunks when `stream` is true",
-        },
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-    },
+    responses=GENERATION_RESPONSES,
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.deps import EngineDep
-from app.schemas.common import ErrorResponse
+from app.schemas.common import GENERATION_RESPONSES
 from app.schemas.completions import CompletionRequest, CompletionResponse
 from app.services import completions
 
@@ -16,14 +16,7 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 @router.post(
     "/completions",
     response_model=CompletionResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "JSON, or SSE chunks when `stream` is true",
-        },
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-    },
+    responses=GENERATION_RESPONSES,
 )
 async def create_completion(body: CompletionRequest, request: Request, engine: EngineDep) -> Response:
     return await completions.create_completion(body, engine, request)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,6 +49,17 @@ class StreamOptions(RequestModel):
     include_usage: bool | None = None
     # We never add an `obfuscation` field, so either value is honoured trivially.
     include_obfuscation: bool | None = None
+
+
+# OpenAPI documentation shared by the generation routes.
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": "JSON, or SSE chunks when `stream` is true",
+    },
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+}
 
 
 class HealthStatus(BaseModel):
