@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-COMMAND_MODULES: tuple[str, ...] = ("app.commands.serve", "app.commands.pull", "app.bench")
+COMMAND_MODULES: tuple[str, ...] = (
+    "app.commands.serve",
+    "app.commands.chat",
+    "app.commands.complete",
+    "app.commands.models",
+    "app.bench",
+    "app.commands.pull",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    show_defaults(parser)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every flag's help states its default: flags that do not say it themselves get argparse's
+    value appended, in every subcommand, so a flag added later is documented too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                show_defaults(subparser)
+        elif action.option_strings and action.help not in (None, argparse.SUPPRESS):
+            if "default:" not in action.help and action.default is not argparse.SUPPRESS:
+                action.help += " (default: %(default)s)"
+        elif action.option_strings and action.help is None and action.default is not argparse.SUPPRESS:
+            action.help = "(default: %(default)s)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

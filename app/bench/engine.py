@@ -316,12 +316,22 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF folder or .gguf")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--baseline", choices=("generate", "none"), default="generate")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
+    parser.add_argument("--prompt-len", type=int, default=32, help="tokens in each random prompt")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per sequence")
+    parser.add_argument(
+        "--baseline",
+        choices=("generate", "none"),
+        default="generate",
+        help="also time transformers generate() on the same work, or nothing",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weight format, as `atenea serve --dtype`",
+    )
     parser.add_argument("--seed", type=int, default=0, help="for the random prompts")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 

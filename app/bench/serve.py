@@ -224,13 +224,17 @@ def format_summary(summary: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="the API root, ending in /v1")
     parser.add_argument("-c", "--concurrency", type=int, default=8, help="requests in flight at most")
-    parser.add_argument("-n", "--num-requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("-n", "--num-requests", type=int, default=64, help="requests to send in all")
+    parser.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each request")
     parser.add_argument("--ignore-eos", action="store_true", help="always generate max_tokens")
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="varied per request by its index")
     parser.add_argument("--model", default=None, help="default: the first id from GET /models")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="sent as a bearer token (default: unset; env: OPENAI_API_KEY)",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the summary here")
 
 
