@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 import model_runtime
 from app.errors import install_error_handlers
-from app.routers import chat, completions, health, models
+from app.routers import chat, completions, health, models, playground
 from app.settings import Settings, get_settings
 from model_runtime import EngineClient, EngineConfig
 
@@ -91,6 +91,6 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     install_error_handlers(app)
-    for router in (models.router, chat.router, completions.router, health.router):
+    for router in (models.router, chat.router, completions.router, health.router, playground.router):
         app.include_router(router)
     return app
