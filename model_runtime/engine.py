@@ -24,7 +24,7 @@ from model_runtime.api import (
 )
 from model_runtime.config import EngineConfig
 from model_runtime.kv_cache import BlockManager
-from model_runtime.model_runner import ModelRunner
+from model_runtime.model_runner import ModelRunner, profile_activation_bytes
 from model_runtime.models.loader import load_model
 from model_runtime.request_state import RequestState
 from model_runtime.sampler import sample
@@ -70,12 +70,19 @@ class Engine:
         self.tokenizer = Tokenizer.from_folder(config.model_path)
         self.vocab_size = self.model.shape.vocab_size
         num_blocks = self._num_kv_blocks()
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.max_model_len = min(
             config.max_model_len or hf_config.max_position_embeddings, num_blocks * config.block_size
         )
+        self.runner = ModelRunner(
+            self.model,
+            num_blocks,
+            config.block_size,
+            max_model_len=self.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            cuda_graphs=not config.enforce_eager,
+        )
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.model_info = ModelInfo(config.served_model_name, self.max_model_len, int(time.time()))
         self.requests: dict[str, RequestState] = {}
         self.steps = 0
@@ -95,8 +102,12 @@ class Engine:
     def _num_kv_blocks(self) -> int:
         per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.dtype)
         if self.device.type == "cuda" and self.config.kv_cache_memory_gib is None:
+            # Measured after a full-size step, so the activations of a long prefill keep room.
+            peak = profile_activation_bytes(
+                self.model, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.config.block_size
+            )
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - (1 - self.config.gpu_memory_utilization) * total
+            budget = free - peak - (1 - self.config.gpu_memory_utilization) * total
         else:
             budget = (self.config.kv_cache_memory_gib or DEFAULT_CPU_KV_GIB) * 2**30
         num_blocks = int(budget // per_block)
