@@ -20,6 +20,18 @@ logger = logging.getLogger(__name__)
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
 
+# Client input quoted in an error message is cut to this many characters.
+EXCERPT_CHARS = 64
+# Seconds a client is told to wait after a 429 or 503.
+RETRY_AFTER_S = 1
+
+
+def excerpt(value: str, limit: int = EXCERPT_CHARS) -> str:
+    """`value`, or its start and a note of how much was cut: a message never echoes megabytes."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({len(value)} characters)"
+
 
 class APIError(Exception):
     """An error answered to the client as is: status, envelope and optional headers."""
@@ -55,7 +67,7 @@ def model_not_found(model: str) -> APIError:
     # OpenAI answers an unknown model with 404, type invalid_request_error, code model_not_found.
     return APIError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{excerpt(model)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )
@@ -71,7 +83,36 @@ def server_error(message: str, code: str = "internal_error", status_code: int = 
 
 
 def engine_unavailable() -> APIError:
-    return server_error("The model is not loaded or the engine has stopped.", "engine_unavailable", 503)
+    error = server_error("The model is not loaded or the engine has stopped.", "engine_unavailable", 503)
+    error.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return error
+
+
+def invalid_api_key() -> APIError:
+    # OpenAI's answer to a missing or wrong key: 401, invalid_request_error, invalid_api_key.
+    return APIError(
+        401,
+        "Incorrect API key provided. Send it as 'Authorization: Bearer YOUR_KEY'.",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def rate_limited(message: str, kind: str) -> APIError:
+    """429 as OpenAI sends it: `type` says which limit ("requests" or "tokens")."""
+    return APIError(
+        429, message, type=kind, code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def not_ready(message: str) -> APIError:
+    error = server_error(message, "server_not_ready", 503)
+    error.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return error
+
+
+def payload_too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -94,9 +135,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        error = APIError(404, f"Invalid URL ({where})", code="not_found")
+        error = APIError(404, f"Invalid URL ({excerpt(where)})", code="not_found")
     elif exc.status_code == 405:
-        error = APIError(405, f"Method not allowed ({where})", code="method_not_allowed", headers=exc.headers)
+        error = APIError(
+            405, f"Method not allowed ({excerpt(where)})", code="method_not_allowed", headers=exc.headers
+        )
     else:
         # FastAPI's own 4xx (an unreadable body, ...): keep the status, wrap the detail.
         error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR

@@ -11,9 +11,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 
 import model_runtime
+from app.admission import Admission
 from app.errors import install_error_handlers
-from app.routers import chat, completions, health, models, playground
+from app.lifecycle import Lifecycle
+from app.metrics import Metrics
+from app.middleware import install_middleware
+from app.middleware.auth import load_api_keys
+from app.routers import chat, completions, health, metrics, models, playground
 from app.settings import Settings, get_settings
+from app.watchdog import Watchdog
 from model_runtime import EngineClient, EngineConfig
 
 logger = logging.getLogger(__name__)
@@ -49,13 +55,38 @@ def _engine_lifespan(
             await _shutdown_quietly(engine)
             raise
         app.state.engine = engine
+        app.state.lifecycle.mark_serving()
+        watchdog = _start_watchdog(app, settings)
         try:
             yield
         finally:
+            await watchdog.stop()
             app.state.engine = None
             await engine.shutdown()
 
     return lifespan
+
+
+def _watchdog_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """For a given engine: the app does not own it, but still watches it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watchdog = _start_watchdog(app, settings)
+        try:
+            yield
+        finally:
+            await watchdog.stop()
+
+    return lifespan
+
+
+def _start_watchdog(app: FastAPI, settings: Settings) -> Watchdog:
+    watchdog = Watchdog(
+        lambda: getattr(app.state, "engine", None), app.state.lifecycle, settings.engine_stall_timeout
+    )
+    watchdog.start()
+    return watchdog
 
 
 async def _shutdown_quietly(engine: model_runtime.AsyncEngine) -> None:
@@ -79,18 +110,41 @@ def create_app(
     engine_config: EngineConfig | None = None,
 ) -> FastAPI:
     """A given `engine` (tests, embedding) is used as is: the app neither starts nor stops it.
-    Otherwise the lifespan builds an AsyncEngine from `engine_config`, or from `settings`."""
+    Otherwise the lifespan builds an AsyncEngine from `engine_config`, or from `settings`.
+
+    Raises OSError or ValueError when `--api-key-file` cannot be read or holds no key."""
     settings = settings or get_settings()
+    api_keys = load_api_keys(settings.api_key, settings.api_key_file)
     app = FastAPI(
         title="Atenea",
         summary="An OpenAI-compatible inference server",
         version="0.1.0",
-        lifespan=None if engine is not None else _engine_lifespan(settings, engine_config),
+        lifespan=(
+            _watchdog_lifespan(settings) if engine is not None else _engine_lifespan(settings, engine_config)
+        ),
         **_lenient_content_type(),
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.lifecycle = lifecycle = Lifecycle(settings.shutdown_timeout)
+    app.state.admission = admission = Admission(
+        settings.max_num_seqs + settings.max_queued_requests, settings.max_queued_tokens
+    )
+    app.state.metrics = metrics_registry = Metrics()
+    metrics_registry.watch_engine(lambda: getattr(app.state, "engine", None), lambda: admission.requests)
+    if engine is not None:
+        lifecycle.mark_serving()
     install_error_handlers(app)
-    for router in (models.router, chat.router, completions.router, health.router, playground.router):
+    install_middleware(app, settings, api_keys, lifecycle, admission, metrics_registry)
+    for router in (
+        models.router,
+        chat.router,
+        completions.router,
+        health.router,
+        metrics.router,
+        playground.router,
+    ):
         app.include_router(router)
+    if not api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s without an API key: anyone who reaches it can use it", settings.host)
     return app

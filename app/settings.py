@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ATENEA_"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
+
+# Fields whose values never appear in help texts or logs.
+SECRET_FIELDS = frozenset({"api_key"})
 
 
 class Settings(BaseSettings):
@@ -44,6 +48,47 @@ class Settings(BaseSettings):
         None, gt=0, description="KV cache size in GiB; unset: 1 GiB on CPU, free GPU memory on CUDA"
     )
     log_level: LogLevel = Field("info", description="logging level")
+    log_format: LogFormat = Field("text", description="log lines as text or as one JSON object each")
+    log_content: bool = Field(
+        False, description="also log request bodies and generated text (off: never logged)"
+    )
+
+    # Access. NoDecode: ATENEA_API_KEY is a plain key (or comma-separated keys), not JSON.
+    api_key: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="key clients must send as `Authorization: Bearer KEY` (repeatable); unset: no auth",
+    )
+    api_key_file: str | None = Field(None, description="file with one API key per line (# comments)")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (repeatable); unset: CORS off"
+    )
+    max_request_body_bytes: int = Field(
+        8 * 2**20, ge=1, description="larger request bodies get 413 before they are parsed"
+    )
+
+    # Load.
+    max_queued_requests: int = Field(
+        256, ge=0, description="requests that may wait beyond --max-num-seqs; more get 429"
+    )
+    max_queued_tokens: int = Field(
+        1_000_000, ge=1, description="prompt + max_tokens of all admitted requests; more get 429"
+    )
+    request_timeout: float | None = Field(
+        None, gt=0, description="seconds a request may run before it ends with an error; unset: no limit"
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds in-flight requests get to finish"
+    )
+    engine_stall_timeout: float = Field(
+        120.0, gt=0, description="seconds the engine may spend on one step before the server exits"
+    )
+
+    @field_validator("api_key", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 def get_settings() -> Settings:

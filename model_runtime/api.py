@@ -73,6 +73,7 @@ class EngineStats:
     tokens_generated: int  # sampled tokens since start
     prefix_cache_queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hit_tokens: int = 0  # of those, tokens whose K/V were reused
+    step_running_s: float = 0.0  # how long the step now running has run (0 between steps)
 
 
 class EngineError(Exception):

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from model_runtime.api import (
     ChatMessage,
@@ -44,6 +45,10 @@ class _Stop:
     pass
 
 
+# How long shutdown() waits for the engine thread: a thread stuck in a step must not hang the exit.
+SHUTDOWN_JOIN_S = 10.0
+
+
 class AsyncEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -53,6 +58,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._step_started: float | None = None  # monotonic time; read by watchdogs
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -68,7 +74,9 @@ class AsyncEngine:
         if self._thread is None:
             return
         self._inbox.put(_Stop())
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._thread.join, SHUTDOWN_JOIN_S)
+        if self._thread.is_alive():
+            log.error("the engine thread did not stop within %.0f s; leaving it behind", SHUTDOWN_JOIN_S)
         self._thread = None
 
     def is_alive(self) -> bool:
@@ -96,7 +104,9 @@ class AsyncEngine:
         self.engine.validate(prompt_token_ids, params)
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        started = self._step_started
+        running_s = 0.0 if started is None else time.monotonic() - started
+        return replace(self.engine.stats(), step_running_s=running_s)
 
     async def generate(
         self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
@@ -160,12 +170,15 @@ class AsyncEngine:
                     return
                 outputs.extend(self._handle(engine, message))
             if engine.has_work():
+                self._step_started = time.monotonic()
                 try:
                     outputs.extend(engine.step())
                 except Exception as exc:
                     # A failed step fails the requests in flight, not the engine.
                     log.exception("engine step failed")
                     outputs.extend(engine.fail_all(f"the engine failed to run a step: {exc}"))
+                finally:
+                    self._step_started = None
             if outputs:
                 self._deliver(outputs)
 

@@ -71,3 +71,9 @@ class HealthStatus(BaseModel):
     kv_blocks_total: int
     kv_blocks_free: int
     steps: int
+
+
+class ReadyStatus(BaseModel):
+    """Readiness: the model is loaded and requests are accepted."""
+
+    status: Literal["ready"] = "ready"

@@ -30,6 +30,17 @@ FLAGS = {
     "--max-num-batched-tokens": "ATENEA_MAX_NUM_BATCHED_TOKENS",
     "--kv-cache-memory-gib": "ATENEA_KV_CACHE_MEMORY_GIB",
     "--log-level": "ATENEA_LOG_LEVEL",
+    "--log-format": "ATENEA_LOG_FORMAT",
+    "--log-content": "ATENEA_LOG_CONTENT",
+    "--api-key": "ATENEA_API_KEY",
+    "--api-key-file": "ATENEA_API_KEY_FILE",
+    "--allowed-origins": "ATENEA_ALLOWED_ORIGINS",
+    "--max-request-body-bytes": "ATENEA_MAX_REQUEST_BODY_BYTES",
+    "--max-queued-requests": "ATENEA_MAX_QUEUED_REQUESTS",
+    "--max-queued-tokens": "ATENEA_MAX_QUEUED_TOKENS",
+    "--request-timeout": "ATENEA_REQUEST_TIMEOUT",
+    "--shutdown-timeout": "ATENEA_SHUTDOWN_TIMEOUT",
+    "--engine-stall-timeout": "ATENEA_ENGINE_STALL_TIMEOUT",
 }
 
 
@@ -110,7 +121,7 @@ class FakeResolved:
     served_name: str
 
 
-def test_serve_builds_the_engine_config_and_runs_uvicorn(
+def test_serve_builds_the_engine_config_and_runs_the_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     resolved: list[str] = []
@@ -125,12 +136,13 @@ def test_serve_builds_the_engine_config_and_runs_uvicorn(
         created.update(settings=settings, engine_config=engine_config)
         return "the-app"
 
-    def uvicorn_run(app: object, **kwargs: Any) -> None:
-        ran.update(app=app, **kwargs)
+    def serve(app: object, host: str, port: int, log_level: str) -> int:
+        ran.update(app=app, host=host, port=port, log_level=log_level)
+        return 0
 
     monkeypatch.setattr(model_runtime, "resolve_model", resolve_model, raising=False)
     monkeypatch.setattr(app.main, "create_app", create_app)
-    monkeypatch.setattr("uvicorn.run", uvicorn_run)
+    monkeypatch.setattr("app.server.serve", serve)
     monkeypatch.setenv("ATENEA_MAX_NUM_SEQS", "8")
 
     assert (
@@ -166,3 +178,36 @@ def test_unservable_model_exits_with_a_message(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(model_runtime, "resolve_model", resolve_model, raising=False)
     with pytest.raises(SystemExit, match="cannot serve model 'nope': not a model folder"):
         main(["serve", "--model", "nope"])
+
+
+def test_api_keys_come_from_repeated_flags_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["serve", "--api-key", "k1", "--api-key", "k2", "--allowed-origins", "https://a"]
+    )
+    settings = settings_from_args(args)
+    assert settings.api_key == ["k1", "k2"]
+    assert settings.allowed_origins == ["https://a"]
+    monkeypatch.setenv("ATENEA_API_KEY", "from-env")
+    assert settings_from_args(build_parser().parse_args(["serve"])).api_key == ["from-env"]
+    # The command line replaces the environment's keys rather than adding to them.
+    assert settings_from_args(build_parser().parse_args(["serve", "--api-key", "k3"])).api_key == ["k3"]
+
+
+def test_help_never_prints_an_api_key() -> None:
+    result = run_cli("serve", "--help", env={"ATENEA_API_KEY": "sk-very-secret"})
+    assert result.returncode == 0, result.stderr
+    assert "sk-very-secret" not in result.stdout
+    assert "set, hidden" in " ".join(result.stdout.split())
+
+
+def test_unreadable_key_file_exits_with_a_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(
+        model_runtime, "resolve_model", lambda name: FakeResolved(tmp_path, "m"), raising=False
+    )
+    with pytest.raises(SystemExit, match="missing-keys"):
+        main(["serve", "--api-key-file", str(tmp_path / "missing-keys")])
+    empty = tmp_path / "empty-keys"
+    empty.write_text("# no key here\n\n")
+    with pytest.raises(SystemExit, match="holds no key"):
+        main(["serve", "--api-key-file", str(empty)])
