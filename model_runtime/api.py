@@ -18,12 +18,34 @@ class FinishReason(enum.Enum):
     ERROR = "error"  # the engine failed this request; `RequestOutput.error` says why
 
 
+class ConstraintKind(enum.Enum):
+    JSON_OBJECT = "json_object"  # any JSON object
+    JSON_SCHEMA = "json_schema"  # `Constraint.spec` is a JSON schema (serialised)
+    LARK = "lark"  # `Constraint.spec` is a Lark grammar (llguidance's dialect)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar every output of the request must follow (constrained decoding)."""
+
+    kind: ConstraintKind
+    spec: str = ""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """What one request asks of the sampler and the stop logic.
 
     `temperature == 0` means greedy. `top_k is None`, `top_p == 1` and `min_p == 0` disable
     those filters. `max_tokens is None` means "until the context window is full".
+
+    `n` samples share the prompt (its KV blocks are computed once). Penalties follow OpenAI:
+    `presence_penalty` is subtracted once from every token already generated, `frequency_penalty`
+    once per occurrence; `repetition_penalty` (the CTRL/transformers/vLLM extension) divides
+    positive and multiplies negative logits of every token seen in the prompt or output.
+    `logit_bias` maps token ids to values added to their logits. `logprobs` asks for the sampled
+    token's log-probability plus that many alternatives; `prompt_logprobs` the same for every
+    prompt token after the first.
     """
 
     max_tokens: int | None = 16
@@ -35,10 +57,47 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    constraint: Constraint | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One output (or prompt) token with its log-probability and the most likely alternatives.
+
+    `token` is the text this token added to the output, so the tokens of a choice concatenate to
+    its text; a token that ends in the middle of a character adds "" and the one completing it
+    adds the whole character. `bytes` are the token's own bytes. `logprob` is None only for the
+    first prompt token, which nothing predicts.
+    """
+
+    token_id: int
+    token: str
+    bytes: bytes
+    logprob: float | None
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass
@@ -53,6 +112,9 @@ class RequestOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far
     error: str | None = None
+    index: int = 0  # which of the request's `n` samples this belongs to
+    logprobs: list[TokenLogprob] | None = None  # for the tokens whose text `text` carries
+    prompt_logprobs: list[TokenLogprob] | None = None  # on the first output, when asked for
 
 
 @dataclass(frozen=True)
@@ -99,6 +161,15 @@ class ChatTemplateError(EngineError):
         self.param = "messages"
 
 
+class InvalidParameter(EngineError):
+    """A sampling parameter the model cannot honour (a token id outside the vocabulary, a schema
+    the grammar engine refuses)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class InvalidPrompt(EngineError):
     def __init__(self, message: str, param: str | None = "prompt") -> None:
         super().__init__(message)
@@ -107,7 +178,7 @@ class InvalidPrompt(EngineError):
 
 @dataclass
 class ChatMessage:
-    role: str  # system | user | assistant (| tool, later)
+    role: str  # system | user | assistant | tool
     content: str
     extra: dict[str, object] = field(default_factory=dict)
 

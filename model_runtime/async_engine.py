@@ -120,10 +120,13 @@ class AsyncEngine:
         self._streams[request_id] = stream
         self._inbox.put(_Add(request_id, list(prompt_token_ids), params))
         finished = False
+        unfinished = params.n  # one final output per sample; a failure ends them all
         try:
             while True:
                 out = await stream.get()
-                finished = out.finished
+                if out.finished:
+                    unfinished -= 1
+                finished = unfinished == 0 or out.finish_reason is FinishReason.ERROR
                 yield out
                 if finished:
                     return

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,17 +18,19 @@ from model_runtime.api import (
     ContextLengthExceeded,
     EngineStats,
     FinishReason,
+    InvalidParameter,
     InvalidPrompt,
     ModelInfo,
     RequestOutput,
     SamplingParams,
 )
 from model_runtime.config import EngineConfig
+from model_runtime.grammar import GrammarEngine, grammar_of
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
 from model_runtime.models.loader import load_model
 from model_runtime.request_state import RequestState
-from model_runtime.sampler import sample
+from model_runtime.sampler import RowLogprobs, SamplingBatch, sample
 from model_runtime.scheduler import Scheduler
 from model_runtime.sequence import Sequence
 from model_runtime.tokenizer import Tokenizer
@@ -35,6 +38,21 @@ from model_runtime.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_GIB = 1.0
+
+
+@dataclass
+class RequestGroup:
+    """The `n` sequences of one request. All but the first wait in `held` until the first has
+    computed the prompt, then take its KV blocks from the prefix cache instead of recomputing."""
+
+    states: list[RequestState]
+    held: list[Sequence] = field(default_factory=list)
+    unfinished: int = 0
+
+
+def sibling_seed(seed: int, index: int) -> int:
+    """Sample i of a seeded request draws from its own stream; sample 0 from `seed` itself."""
+    return seed if index == 0 else hash((seed, index)) & (2**63 - 1)
 
 
 def resolve_device(config: EngineConfig) -> torch.device:
@@ -69,6 +87,9 @@ class Engine:
         self.model, hf_config = load_model(config.model_path, self.device, self.dtype, self.half_weights)
         self.tokenizer = Tokenizer.from_folder(config.model_path)
         self.vocab_size = self.model.shape.vocab_size
+        self.grammar = GrammarEngine(
+            self.tokenizer.hf_tokenizer, self.vocab_size, self.tokenizer.eos_token_ids
+        )
         num_blocks = self._num_kv_blocks()
         self.max_model_len = min(
             config.max_model_len or hf_config.max_position_embeddings, num_blocks * config.block_size
@@ -84,7 +105,7 @@ class Engine:
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.model_info = ModelInfo(config.served_model_name, self.max_model_len, int(time.time()))
-        self.requests: dict[str, RequestState] = {}
+        self.requests: dict[str, RequestGroup] = {}
         self.steps = 0
         self.tokens_generated = 0
         log.info(
@@ -134,41 +155,71 @@ class Engine:
                 f"{params.max_tokens or 0} in the completion). Please reduce the length of the "
                 "messages or completion."
             )
+        if params.logit_bias:
+            bad = [t for t, _ in params.logit_bias if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidParameter(
+                    f"logit_bias: token id {bad[0]} is not in this model's vocabulary "
+                    f"[0, {self.vocab_size}).",
+                    "logit_bias",
+                )
+        if params.constraint is not None:
+            grammar_of(params.constraint)
 
     def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
         self.validate(prompt_token_ids, params)
         if request_id in self.requests:
             raise InvalidPrompt(f"request id {request_id!r} is already running", param=None)
-        max_total = len(prompt_token_ids) + (params.max_tokens or self.max_model_len)
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(params.seed)
-        seq = Sequence(
-            request_id=request_id,
-            token_ids=list(prompt_token_ids),
-            num_prompt_tokens=len(prompt_token_ids),
-            params=params,
-            max_total_tokens=min(max_total, self.max_model_len),
-            generator=generator,
-        )
-        detokenizer = self.tokenizer.detokenizer(prompt_token_ids)
-        self.requests[request_id] = RequestState(seq, detokenizer, self.tokenizer.eos_token_ids)
-        self.scheduler.add(seq)
+        max_total = min(len(prompt_token_ids) + (params.max_tokens or self.max_model_len), self.max_model_len)
+        grammar = grammar_of(params.constraint) if params.constraint is not None else None
+        group = RequestGroup(states=[], unfinished=params.n)
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(sibling_seed(params.seed, index))
+            seq = Sequence(
+                request_id=request_id,
+                token_ids=list(prompt_token_ids),
+                num_prompt_tokens=len(prompt_token_ids),
+                params=params,
+                max_total_tokens=max_total,
+                generator=generator,
+                index=index,
+                matcher=self.grammar.matcher(grammar) if grammar is not None else None,
+            )
+            detokenizer = self.tokenizer.detokenizer(prompt_token_ids)
+            group.states.append(
+                RequestState(
+                    seq,
+                    detokenizer,
+                    self.tokenizer.eos_token_ids,
+                    self.tokenizer.token_bytes,
+                    self.tokenizer.token_text,
+                )
+            )
+            if index == 0:
+                self.scheduler.add(seq)
+            else:
+                group.held.append(seq)
+        self.requests[request_id] = group
 
-    def abort(self, request_id: str) -> RequestOutput | None:
-        state = self.requests.pop(request_id, None)
-        if state is None:
-            return None
-        self.scheduler.finish(state.seq, FinishReason.ABORT)
-        return state.output("", [], FinishReason.ABORT)
+    def abort(self, request_id: str) -> list[RequestOutput]:
+        group = self.requests.pop(request_id, None)
+        if group is None:
+            return []
+        outputs = []
+        for state in group.states:
+            if not state.seq.is_finished:
+                self.scheduler.finish(state.seq, FinishReason.ABORT)
+                outputs.append(state.output("", [], FinishReason.ABORT))
+        return outputs
 
     def fail_all(self, message: str) -> list[RequestOutput]:
         """Ends every request with an error; used when a step itself failed."""
         outputs = []
         for request_id in list(self.requests):
-            out = self.abort(request_id)
-            if out is not None:
+            for out in self.abort(request_id):
                 out.finish_reason, out.error = FinishReason.ERROR, message
                 outputs.append(out)
         return outputs
@@ -196,28 +247,54 @@ class Engine:
             return []
         logits, sampled = self.runner.run(batch)
         seqs = [c.seq for c in sampled]
-        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        result = sample(logits, self._sampling_batch(seqs))
         for chunk in batch.chunks:
             self.scheduler.advance(chunk)
         self.steps += 1
-        self.tokens_generated += len(tokens)
-        return [self._postprocess(seq, token) for seq, token in zip(seqs, tokens, strict=True)]
+        self.tokens_generated += len(seqs)
+        return [
+            self._postprocess(seq, token, row)
+            for seq, token, row in zip(seqs, result.tokens, result.logprobs, strict=True)
+        ]
 
-    def _postprocess(self, seq: Sequence, token: int) -> RequestOutput:
-        state = self.requests[seq.request_id]
+    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        constrained = any(s.matcher is not None for s in seqs)
+        return SamplingBatch(
+            params=[s.params for s in seqs],
+            generators=[s.generator for s in seqs],
+            token_ids=[s.token_ids for s in seqs],
+            num_prompt_tokens=[s.num_prompt_tokens for s in seqs],
+            allowed=self.grammar.bitmask([s.matcher for s in seqs]) if constrained else None,
+        )
+
+    def _postprocess(self, seq: Sequence, token: int, row: RowLogprobs | None) -> RequestOutput:
+        group = self.requests[seq.request_id]
+        state = group.states[seq.index]
+        if group.held and seq.num_output_tokens == 0:
+            self._release_held(group)  # the prompt's blocks are computed and registered
         try:
-            text, reason = state.on_token(token)
+            text, reason, logprobs = state.on_token(token, row)
         except Exception as exc:  # one request's failure must not take the engine down
             log.exception("postprocessing failed for %s", seq.request_id)
-            text, reason = "", FinishReason.ERROR
-            out = state.output(text, [token], reason)
+            reason = FinishReason.ERROR
+            out = state.output("", [token], reason)
             out.error = f"internal error while decoding the output: {exc}"
             self._finish(seq, reason)
             return out
         if reason is not None:
             self._finish(seq, reason)
-        return state.output(text, [token], reason)
+        return state.output(text, [token], reason, logprobs)
+
+    def _release_held(self, group: RequestGroup) -> None:
+        for seq in reversed(group.held):
+            self.scheduler.add(seq, front=True)
+        group.held.clear()
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)
-        del self.requests[seq.request_id]
+        group = self.requests[seq.request_id]
+        if group.held:
+            self._release_held(group)
+        group.unfinished -= 1
+        if group.unfinished == 0:
+            del self.requests[seq.request_id]

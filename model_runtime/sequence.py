@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,8 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)  # prefix hashes of the full computed blocks
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    index: int = 0  # which of the request's `n` samples this is
+    matcher: Any = None  # the grammar matcher (llguidance.LLMatcher) of a constrained request
 
     @property
     def num_tokens(self) -> int:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,9 @@ class Tokenizer:
             i for i, token in self._backend.get_added_tokens_decoder().items() if token.special
         )
         self._decode = partial(self._backend.decode, skip_special_tokens=True)
+        self._byte_level = type(self._backend.decoder).__name__ == "ByteLevel"
+        self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        self.token_bytes = lru_cache(maxsize=65536)(self._token_bytes)
 
     @classmethod
     def from_folder(cls, path: str | Path) -> Tokenizer:
@@ -244,9 +247,44 @@ class Tokenizer:
         code, transformers ignores it for BPE, and streaming could not reproduce it)."""
         return self._decode(list(token_ids))
 
+    def _token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (special tokens: their own spelling)."""
+        piece = self._backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self.special_ids:
+            return piece.encode()
+        if self._byte_level:  # GPT-2 style: every byte is spelled as one printable character
+            return bytes(self._byte_decoder.get(c, 0) for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # byte fallback
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode()  # SentencePiece spells spaces as U+2581
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text; a token that is part of a character reads "bytes:\\xNN..." as in
+        OpenAI's logprobs."""
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
     def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer:
         """A fresh streaming decoder for one sequence that follows `prompt_ids`."""
         return IncrementalDetokenizer(self._decode, prompt_ids, self.special_ids)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from bytes to the printable characters byte-level BPE spells them with."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1)]
+    printable += range(ord("\xae"), ord("\xff") + 1)
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
 
 
 def _check_encodable(text: str, param: str) -> None:

@@ -108,7 +108,7 @@ def test_abort_returns_blocks(tiny_model_path: Path) -> None:
     engine.add_request("a", prompts(1)[0], SamplingParams(max_tokens=100, ignore_eos=True))
     engine.step()
     assert engine.blocks.num_free_blocks < engine.blocks.num_blocks
-    assert engine.abort("a") is not None
+    assert [o.finish_reason for o in engine.abort("a")] == [FinishReason.ABORT]
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks and not engine.has_work()
 
 

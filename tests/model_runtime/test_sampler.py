@@ -1,13 +1,22 @@
+import math
+from collections.abc import Sequence
+
 import torch
 
 from model_runtime.api import SamplingParams
-from model_runtime.sampler import probabilities, sample
+from model_runtime.sampler import SamplingBatch, probabilities, process_logits, sample, unpack_bitmask
+
+
+def draw(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+) -> list[int]:
+    return sample(logits, SamplingBatch(params, generators)).tokens
 
 
 def test_greedy_is_argmax() -> None:
     logits = torch.randn(4, 50)
     params = [SamplingParams(temperature=0.0)] * 4
-    assert sample(logits, params, [None] * 4) == logits.argmax(-1).tolist()
+    assert draw(logits, params, [None] * 4) == logits.argmax(-1).tolist()
 
 
 def test_mixed_greedy_and_sampled_rows() -> None:
@@ -17,7 +26,7 @@ def test_mixed_greedy_and_sampled_rows() -> None:
         SamplingParams(temperature=1.0),
         SamplingParams(temperature=0.0),
     ]
-    out = sample(logits, params, [None] * 3)
+    out = draw(logits, params, [None] * 3)
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()
 
 
@@ -25,7 +34,7 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     logits = torch.randn(2, 50)
     params = [SamplingParams(temperature=1.5, top_k=1), SamplingParams(temperature=1.5, top_p=1e-6)]
     for _ in range(20):
-        assert sample(logits, params, [None, None]) == logits.argmax(-1).tolist()
+        assert draw(logits, params, [None, None]) == logits.argmax(-1).tolist()
 
 
 def test_filters_keep_the_documented_sets() -> None:
@@ -42,7 +51,7 @@ def test_filters_keep_the_documented_sets() -> None:
 def test_samples_follow_the_distribution() -> None:
     probs = torch.tensor([0.6, 0.3, 0.1])
     logits = probs.log().expand(20_000, 3).contiguous()
-    out = torch.tensor(sample(logits, [SamplingParams()] * 20_000, [None] * 20_000))
+    out = torch.tensor(draw(logits, [SamplingParams()] * 20_000, [None] * 20_000))
     freq = torch.bincount(out, minlength=3).float() / 20_000
     torch.testing.assert_close(freq, probs, atol=0.02, rtol=0)
 
@@ -58,9 +67,69 @@ def test_seeded_rows_do_not_depend_on_companions() -> None:
     logits = torch.randn(1, 1000)
     params = SamplingParams(seed=7)
 
-    def draw(batch: int) -> list[int]:
+    def draws(batch: int) -> list[int]:
         g = torch.Generator().manual_seed(7)
         rows = logits.expand(batch, 1000).contiguous()
-        return [sample(rows, [params] * batch, [g] + [None] * (batch - 1))[0] for _ in range(10)]
+        return [draw(rows, [params] * batch, [g] + [None] * (batch - 1))[0] for _ in range(10)]
 
-    assert draw(1) == draw(1) == draw(5)
+    assert draws(1) == draws(1) == draws(5)
+
+
+def test_frequency_and_presence_penalties_follow_openai() -> None:
+    logits = torch.zeros(1, 5)
+    params = SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=1.0)
+    prompt = [4, 4, 4]  # prompt tokens are not penalised by OpenAI's definition
+    batch = SamplingBatch([params], [None], token_ids=[prompt + [1, 1, 2]], num_prompt_tokens=[3])
+    out = process_logits(logits, batch)[0]
+    assert out.tolist() == [0.0, -(2 * 0.5 + 1.0), -(0.5 + 1.0), 0.0, 0.0]
+
+
+def test_repetition_penalty_covers_prompt_and_output() -> None:
+    logits = torch.tensor([[2.0, -2.0, 2.0, 1.0]])
+    params = SamplingParams(repetition_penalty=2.0)
+    batch = SamplingBatch([params], [None], token_ids=[[0, 1]], num_prompt_tokens=[1])
+    assert process_logits(logits, batch)[0].tolist() == [1.0, -4.0, 2.0, 1.0]
+
+
+def test_logit_bias_can_force_and_ban_tokens() -> None:
+    logits = torch.randn(2, 50)
+    force = SamplingParams(temperature=1.0, logit_bias=((7, 100.0),))
+    ban = SamplingParams(temperature=0.0, logit_bias=((int(logits[1].argmax()), -100.0),))
+    for _ in range(10):
+        tokens = draw(logits, [force, ban], [None, None])
+        assert tokens[0] == 7 and tokens[1] != int(logits[1].argmax())
+
+
+def test_bitmask_restricts_the_draw() -> None:
+    logits = torch.randn(2, 70)
+    allowed = torch.full((2, 3), -1, dtype=torch.int32)
+    allowed[0] = 0
+    allowed[0, 1] = 1 << 3  # only token 35
+    assert unpack_bitmask(allowed, 70)[0].nonzero().flatten().tolist() == [35]
+    params = [SamplingParams(), SamplingParams(temperature=0.0)]
+    for _ in range(10):
+        result = sample(logits, SamplingBatch(params, [None, None], allowed=allowed))
+        assert result.tokens == [35, int(logits[1].argmax())]
+
+
+def test_logprobs_are_those_of_the_sampled_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    params = SamplingParams(temperature=0.5, top_k=2, logprobs=3)
+    result = sample(logits, SamplingBatch([params], [None]))
+    row = result.logprobs[0]
+    assert row is not None
+    p0 = 1 / (1 + math.exp(-2.0))  # top-2 at temperature 0.5: logits 4 and 2
+    expected = {0: math.log(p0), 1: math.log(1 - p0)}
+    assert math.isclose(row.logprob, expected[result.tokens[0]], rel_tol=1e-5)
+    assert [t for t, _ in row.top][:2] == [0, 1] and len(row.top) == 3
+    assert math.isclose(row.top[0][1], expected[0], rel_tol=1e-5)
+    assert row.top[2][1] == -9999.0  # filtered out: reported as a finite floor, not -inf
+
+
+def test_greedy_logprobs_use_temperature_one() -> None:
+    logits = torch.tensor([[1.0, 0.0]])
+    result = sample(logits, SamplingBatch([SamplingParams(temperature=0.0, logprobs=0)], [None]))
+    assert result.tokens == [0]
+    row = result.logprobs[0]
+    assert row is not None and row.top == []
+    assert math.isclose(row.logprob, -math.log1p(math.exp(-1.0)), rel_tol=1e-5)
