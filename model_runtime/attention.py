@@ -4,6 +4,11 @@ A step's tokens arrive packed as one `[T, ...]` run: first one token for each de
 then the prefill chunks one after another. New keys/values are written into their cache slots, then
 each group attends to what its sequences have cached: all decodes in one batched call, each prefill
 chunk in its own call (there are few per step: the token budget bounds them).
+
+Decodes take one of two paths. With `block_tables` set, attention reads the cache through each
+sequence's block table: a Triton kernel on a GPU (nothing gathered, a fixed launch shape that CUDA
+graphs capture), its plain-torch twin elsewhere. Otherwise every decode's context slots arrive
+padded to one length and are gathered for one batched SDPA call, the faster way on a CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
 
 
 @dataclass
@@ -29,6 +36,10 @@ class AttentionMetadata:
     decode_slots: torch.Tensor | None  # [num_decodes, Lmax] slots of each decode's context, padded
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, Lmax] bool, False on padding; None: no padding
     prefills: list[PrefillSlice]
+    # The block-table path for decodes (see the module's docstring); None selects slot gathering.
+    block_tables: torch.Tensor | None = None  # [num_decodes, W] int32, rows padded with any block
+    context_lens: torch.Tensor | None = None  # [num_decodes] int32: tokens each decode attends to
+    block_size: int = 0
 
 
 class KVCache:
@@ -55,15 +66,22 @@ def paged_attention(
     n = meta.num_decodes
     if n and not meta.prefills:
         # The steady state: decodes only, no copy into a shared output.
-        assert meta.decode_slots is not None
-        return _decode(q, cache, meta.decode_slots, meta.decode_mask, scale)
+        return _decodes(q, cache, meta, scale)
     out = torch.empty_like(q)
     if n:
-        assert meta.decode_slots is not None
-        out[:n] = _decode(q[:n], cache, meta.decode_slots, meta.decode_mask, scale)
+        out[:n] = _decodes(q[:n], cache, meta, scale)
     for p in meta.prefills:
         out[p.start : p.start + p.length] = _prefill(q[p.start : p.start + p.length], k, v, cache, p, scale)
     return out
+
+
+def _decodes(q: torch.Tensor, cache: KVCache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    if meta.block_tables is not None:
+        assert meta.context_lens is not None
+        args = (q, cache.keys, cache.values, meta.block_tables, meta.context_lens, meta.block_size, scale)
+        return paged_decode(*args) if q.is_cuda else paged_decode_reference(*args)
+    assert meta.decode_slots is not None
+    return _decode(q, cache, meta.decode_slots, meta.decode_mask, scale)
 
 
 def _decode(

@@ -24,3 +24,4 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     num_threads: int | None = None  # CPU threads for torch; None: all cores
     enable_prefix_caching: bool = True  # reuse the KV blocks of prompts' known prefixes
+    enforce_eager: bool = False  # GPU: run decode steps eagerly instead of replaying CUDA graphs

@@ -1,4 +1,8 @@
-"""Owns the model and its KV tensors; turns a scheduled batch into tensors and returns logits."""
+"""Owns the model and its KV tensors; turns a scheduled batch into tensors and returns logits.
+
+On a GPU with Triton, decodes read the cache through their block tables and decode-only steps
+replay CUDA graphs (`decode_graphs.py`); elsewhere decodes gather their context slots.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
+from model_runtime.decode_graphs import DecodeGraphs
+from model_runtime.kernels.paged_decode import triton_available
 from model_runtime.models.llama import LlamaModel
 from model_runtime.scheduler import Batch, ScheduledChunk
 
@@ -24,25 +30,43 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        cuda_graphs: bool = True,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         self.num_blocks = num_blocks
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         s = model.shape
+        # One block more than the block manager hands out: padded rows of a graph write there.
+        slots = (num_blocks + 1) * block_size
         # caches: num_layers x ([num_slots, KVH, D] keys, same for values)
         self.caches = [
             KVCache(
-                torch.zeros(
-                    num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
-                ),
-                torch.zeros(
-                    num_blocks * block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
-                ),
+                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
+                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
             )
             for _ in range(s.num_layers)
         ]
+        self.block_table_decodes = self.device.type == "cuda" and triton_available()
+        self.graphs: DecodeGraphs | None = None
+        if self.block_table_decodes and cuda_graphs:
+            max_len = max_model_len or num_blocks * block_size
+            self.graphs = DecodeGraphs(
+                model,
+                self.caches,
+                block_size,
+                max_batch=max_num_seqs,
+                max_blocks_per_seq=-(-max_len // block_size),
+                scratch_block=num_blocks,
+            )
 
     @staticmethod
     def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
@@ -53,6 +77,14 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
         """Runs one step; returns logits `[S, V]` for the chunks that sample, and those chunks."""
+        if self.graphs is not None and not batch.prefills and len(batch.decodes) <= self.graphs.max_batch:
+            decodes = batch.decodes
+            logits = self.graphs.run(
+                [c.seq.token_ids[c.start] for c in decodes],
+                [c.start for c in decodes],
+                [c.seq.block_table for c in decodes],
+            )
+            return logits, decodes
         inputs = self.prepare(batch)
         logits = self.model(
             inputs.input_ids, inputs.positions, self.caches, inputs.meta, inputs.logits_indices
@@ -73,14 +105,22 @@ class ModelRunner:
                 sampled.append(chunk)
         pos = torch.tensor(positions, dtype=torch.long)
         slot_mapping = self._slots_of(batch, pos)
-        decode_slots, decode_mask = self._decode_context(batch.decodes)
         prefills = self._prefill_slices(batch)
+        if self.block_table_decodes:
+            decode_slots = decode_mask = None
+            block_tables, context_lens = self._decode_tables(batch.decodes)
+        else:
+            decode_slots, decode_mask = self._decode_context(batch.decodes)
+            block_tables = context_lens = None
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(self.device, non_blocking=True),
             num_decodes=len(batch.decodes),
             decode_slots=decode_slots,
             decode_mask=decode_mask,
             prefills=prefills,
+            block_tables=block_tables,
+            context_lens=context_lens,
+            block_size=self.block_size,
         )
         return StepInputs(
             input_ids=torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True),
@@ -129,6 +169,19 @@ class ModelRunner:
         mask = torch.arange(max_len)[None, :] < lengths[:, None]  # [B, L]
         return slots, mask[:, None, None, :].to(self.device, non_blocking=True)
 
+    def _decode_tables(
+        self, decodes: list[ScheduledChunk]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Block tables `[B, W]` (rows padded with block 0, never read) and context lengths `[B]`."""
+        if not decodes:
+            return None, None
+        width = max(len(c.seq.block_table) for c in decodes)
+        tables = torch.zeros(len(decodes), width, dtype=torch.int32)
+        for i, c in enumerate(decodes):
+            tables[i, : len(c.seq.block_table)] = torch.tensor(c.seq.block_table, dtype=torch.int32)
+        lens = torch.tensor([c.start + 1 for c in decodes], dtype=torch.int32)
+        return tables.to(self.device, non_blocking=True), lens.to(self.device, non_blocking=True)
+
     def _prefill_slices(self, batch: Batch) -> list[PrefillSlice]:
         slices = []
         row = len(batch.decodes)
@@ -144,3 +197,32 @@ class ModelRunner:
             slices.append(PrefillSlice(row, c.length, context.to(self.device, non_blocking=True), mask))
             row += c.length
         return slices
+
+
+@torch.inference_mode()
+def profile_activation_bytes(model: LlamaModel, num_tokens: int, num_sampled: int, block_size: int) -> int:
+    """GPU memory one step of `num_tokens` prompt tokens needs beyond what is allocated now.
+
+    The KV budget is what remains after the weights and this peak; sizing it from free memory
+    alone would leave a full prefill step to run out of memory later.
+    """
+    device = next(model.parameters()).device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    runner = ModelRunner(model, -(-num_tokens // block_size), block_size, cuda_graphs=False)
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(num_tokens, device=device),
+        num_decodes=0,
+        decode_slots=None,
+        decode_mask=None,
+        prefills=[PrefillSlice(0, num_tokens, torch.empty(0, dtype=torch.long, device=device), None)],
+    )
+    ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    rows = torch.arange(num_tokens - min(num_tokens, num_sampled), num_tokens, device=device)
+    model(ids, torch.arange(num_tokens, device=device), runner.caches, meta, rows)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del runner
+    torch.cuda.empty_cache()
+    return peak
