@@ -38,6 +38,8 @@ def engine_config_from_settings(settings: Settings) -> EngineConfig:
         max_model_len=settings.max_model_len,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         kv_cache_memory_gib=settings.kv_cache_memory_gib,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        enforce_eager=settings.enforce_eager,
     )
 
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     kv_cache_memory_gib: float | None = Field(
         None, gt=0, description="KV cache size in GiB; unset: 1 GiB on CPU, free GPU memory on CUDA"
     )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="CUDA: fraction of the GPU's memory for weights, activations and KV cache"
+    )
+    enforce_eager: bool = Field(False, description="CUDA: run decode steps eagerly, without CUDA graphs")
     log_level: LogLevel = Field("info", description="logging level")
     log_format: LogFormat = Field("text", description="log lines as text or as one JSON object each")
     log_content: bool = Field(
