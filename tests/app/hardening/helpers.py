@@ -1,0 +1,45 @@
+"""Small helpers shared by the hardening tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+def chat_body(content: str = "one two three", **extra: object) -> dict[str, object]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": content}], **extra}
+
+
+@asynccontextmanager
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+        yield client
+
+
+def check_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, object] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code, error
+    return error
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float | None:
+    """The value of one sample in Prometheus text, e.g. metric_value(t, "x_total", 'route="/a"')."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        metric, _, rest = key.partition("{")
+        if metric == name and all(part in rest for part in labels.split(",") if part):
+            return float(value)
+    return None
