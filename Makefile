@@ -24,7 +24,20 @@ model: $(STAMP)
 serve: model
 	$(VENV)/bin/atenea serve $(ARGS)
 
-test: model
+# Node tools the tests run against a live server (newman, the OpenAI Node SDK), pinned by the lock file.
+NODE_TOOLS := tests/node/node_modules/.installed-stamp
+$(NODE_TOOLS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $(NODE_TOOLS)
+
+# The playground tests drive Debian's Chromium through Playwright, which cannot download a browser here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: model $(NODE_TOOLS) $(CHROMIUM)
 	$(VENV)/bin/ruff check app model_runtime tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
