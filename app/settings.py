@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="CUDA: fraction of the GPU's memory for weights, activations and KV cache"
     )
     enforce_eager: bool = Field(False, description="CUDA: run decode steps eagerly, without CUDA graphs")
+    image_model: str = Field(
+        "atenea-shapes",
+        description="image model for /v1/images/generations: a built-in name, a local diffusers "
+        "pipeline folder or a .safetensors checkpoint; 'none' serves no images",
+    )
+    image_max_batch_size: int = Field(
+        16, ge=1, description="images generated together in one pipeline call at most"
+    )
     log_level: LogLevel = Field("info", description="logging level")
     log_format: LogFormat = Field("text", description="log lines as text or as one JSON object each")
     log_content: bool = Field(
