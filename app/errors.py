@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.excerpts import excerpt
 from app.schemas.common import ErrorDetail, ErrorResponse
 from app.validation import describe_validation_errors
 from model_runtime import EngineError
@@ -20,17 +21,8 @@ logger = logging.getLogger(__name__)
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
 
-# Client input quoted in an error message is cut to this many characters.
-EXCERPT_CHARS = 64
 # Seconds a client is told to wait after a 429 or 503.
 RETRY_AFTER_S = 1
-
-
-def excerpt(value: str, limit: int = EXCERPT_CHARS) -> str:
-    """`value`, or its start and a note of how much was cut: a message never echoes megabytes."""
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}... ({len(value)} characters)"
 
 
 class APIError(Exception):
@@ -143,7 +135,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         # FastAPI's own 4xx (an unreadable body, ...): keep the status, wrap the detail.
         error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
-        error = APIError(exc.status_code, str(exc.detail), type=error_type, headers=exc.headers)
+        error = APIError(exc.status_code, excerpt(str(exc.detail), 200), type=error_type, headers=exc.headers)
     return error.to_response()
 
 

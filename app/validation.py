@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.excerpts import excerpt
+
 _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
 _PRETTY_TYPES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}
@@ -111,7 +113,7 @@ def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> DescribedErr
     located = [_locate(error) for error in errors]
     first = located[0].param
     group = [item for item in located if item.param == first]
-    param = _dotted(first) or None
+    param = excerpt(_dotted(first)) or None
     deepest = max(group, key=lambda item: len(item.path))  # max keeps the first of equals
 
     if len(group) > 1 and len(deepest.path) == len(first):
@@ -126,16 +128,16 @@ def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> DescribedErr
 def _describe_one(item: _Located, param: str | None) -> DescribedError:
     kind: str = item.error["type"]
     msg: str = item.error["msg"]
-    where = _dotted(item.path)
+    where = excerpt(_dotted(item.path))
     if kind == "missing":
         return DescribedError(f"Missing required parameter: '{where}'.", param, "missing_required_parameter")
     if kind == "extra_forbidden":
-        name = str(item.path[-1])
+        name = excerpt(str(item.path[-1]))
         if len(item.path) == 1:
             return DescribedError(
                 f"Unrecognized request argument supplied: {name}", param, "unknown_parameter"
             )
-        parent = _dotted(item.path[:-1])
+        parent = excerpt(_dotted(item.path[:-1]))
         return DescribedError(f"Unrecognized argument '{name}' in '{parent}'.", param, "unknown_parameter")
     if kind == "unsupported_parameter":
         return DescribedError(msg, param, "unsupported_parameter")

@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import excerpt
+from app.excerpts import excerpt
 from app.metrics import Metrics
 from app.request_context import (
     RequestContext,
