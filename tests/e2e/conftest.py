@@ -86,3 +86,37 @@ def client(server: Server) -> OpenAI:
 @pytest.fixture
 def aclient(server: Server) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0, timeout=120)
+
+
+API_KEY = "sk-atenea-e2e"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second real server, started with `--api-key API_KEY`, for clients that send a key."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("keyed-server") / "server.log"
+    env = {**os.environ, "ATENEA_MAX_MODEL_LEN": "2048"}
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--api-key", API_KEY]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    srv = Server(port, log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{srv.base_url}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    yield srv
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
