@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+
+from model_runtime import ChatMessage, InvalidPrompt
+from tests.app.fake_engine import FakeEngine
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -43,3 +46,19 @@ def metric_value(text: str, name: str, labels: str = "") -> float | None:
         if metric == name and all(part in rest for part in labels.split(",") if part):
             return float(value)
     return None
+
+
+class StrictTokenizerEngine(FakeEngine):
+    """The fake engine, refusing what the real tokenizer refuses: text with lone surrogates."""
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPrompt("the prompt is not valid Unicode text") from exc
+        return super().encode(text)
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        for message in messages:
+            self.encode(message.content)
+        return super().render_chat(messages)

@@ -3,37 +3,17 @@ server is healthy after all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import httpx
 import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from model_runtime import ChatMessage, InvalidPrompt
-from tests.app.fake_engine import FakeEngine
-from tests.app.hardening.helpers import CHAT, chat_body, http
+from tests.app.hardening.helpers import CHAT, StrictTokenizerEngine, chat_body, http
 from tests.app.hardening.malformed_corpus import Malformed, corpus
 
 CASES = corpus("fake-model")
 # A message may quote a little of the input, never more.
 MAX_MESSAGE_CHARS = 400
-
-
-class StrictTokenizerEngine(FakeEngine):
-    """The fake engine, refusing what the real tokenizer refuses: text with lone surrogates."""
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidPrompt("the prompt is not valid Unicode text") from exc
-        return super().encode(text)
-
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        for message in messages:
-            self.encode(message.content)
-        return super().render_chat(messages)
 
 
 def check_rejected(case: Malformed, response: httpx.Response) -> None:
