@@ -14,7 +14,15 @@ from app.admission import Admission
 from app.errors import APIError, server_error
 from app.metrics import Metrics
 from app.request_context import EndReason, RequestContext
-from model_runtime import ChatMessage, EngineClient, EngineStats, ModelInfo, RequestOutput, SamplingParams
+from model_runtime import (
+    ChatMessage,
+    EngineClient,
+    EngineStats,
+    ModelInfo,
+    RequestOutput,
+    SamplingParams,
+    ToolSpec,
+)
 
 
 def ended_error(reason: EndReason) -> APIError:
@@ -56,8 +64,15 @@ class RequestEngine:
     def encode(self, text: str) -> list[int]:
         return self._engine.encode(text)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        return self._engine.render_chat(messages)
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._engine.decode(token_ids)
+
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] | None = None
+    ) -> list[int]:
+        if tools is None:  # engines that predate tools take messages only
+            return self._engine.render_chat(messages)
+        return self._engine.render_chat(messages, tools)
 
     def validate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
         self._engine.validate(prompt_token_ids, params)

@@ -176,6 +176,30 @@ class InvalidPrompt(EngineError):
         self.param = param
 
 
+class ToolChoice(enum.Enum):
+    NONE = "none"  # no tools, or the client forbade calling them
+    AUTO = "auto"  # the model decides
+    REQUIRED = "required"  # at least one call, to any tool (enforced by a grammar)
+    NAMED = "named"  # a call to one given function (enforced by a grammar)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, object] | None = None  # a JSON schema for the arguments object
+
+    def as_function(self) -> dict[str, object]:
+        """OpenAI's function object, as chat templates and prompts show it."""
+        function: dict[str, object] = {"name": self.name}
+        if self.description is not None:
+            function["description"] = self.description
+        function["parameters"] = self.parameters or {"type": "object", "properties": {}}
+        return function
+
+
 @dataclass
 class ChatMessage:
     role: str  # system | user | assistant | tool
@@ -191,8 +215,13 @@ class EngineClient(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Chat template -> prompt token ids. Raises ChatTemplateError."""
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] | None = None
+    ) -> list[int]:
+        """Chat template -> prompt token ids, with the tools the model may call. Raises
+        ChatTemplateError."""
         ...
 
     def validate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:

@@ -22,6 +22,7 @@ from model_runtime.api import (
     ModelInfo,
     RequestOutput,
     SamplingParams,
+    ToolSpec,
 )
 from model_runtime.config import EngineConfig
 from model_runtime.engine import Engine
@@ -97,8 +98,13 @@ class AsyncEngine:
     def encode(self, text: str) -> list[int]:
         return self.engine.tokenizer.encode(text)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        return self.engine.render_chat(messages)
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.engine.tokenizer.decode(token_ids)
+
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] | None = None
+    ) -> list[int]:
+        return self.engine.render_chat(messages, tools)
 
     def validate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
         self.engine.validate(prompt_token_ids, params)

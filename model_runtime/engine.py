@@ -23,6 +23,7 @@ from model_runtime.api import (
     ModelInfo,
     RequestOutput,
     SamplingParams,
+    ToolSpec,
 )
 from model_runtime.config import EngineConfig
 from model_runtime.grammar import GrammarEngine, grammar_of
@@ -138,8 +139,8 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def render_chat(self, messages: Seq[ChatMessage]) -> list[int]:
-        return self.tokenizer.render_chat(messages)
+    def render_chat(self, messages: Seq[ChatMessage], tools: Seq[ToolSpec] | None = None) -> list[int]:
+        return self.tokenizer.render_chat(messages, tools=tools)
 
     def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
         if not prompt_token_ids:

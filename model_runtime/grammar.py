@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
-import torch
 
 from model_runtime.api import Constraint, ConstraintKind, InvalidParameter
+
+if TYPE_CHECKING:  # torch only where masks are built: checking a grammar must stay cheap to import
+    import torch
 
 # Compact and single-line like most models' JSON, and no run of whitespace a model could loop in.
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -75,6 +77,8 @@ class GrammarEngine:
 
     def bitmask(self, matchers: Sequence[llguidance.LLMatcher | None]) -> torch.Tensor:
         """[S, ceil(V / 32)] int32: each constrained row's allowed tokens, other rows all ones."""
+        import torch
+
         words = (self.vocab_size + 31) // 32
         mask = torch.full((len(matchers), words), -1, dtype=torch.int32)
         rows = [(m, row) for row, m in enumerate(matchers) if m is not None]

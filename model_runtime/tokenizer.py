@@ -22,8 +22,9 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from model_runtime.api import ChatMessage, ChatTemplateError, InvalidPrompt
+from model_runtime.api import ChatMessage, ChatTemplateError, InvalidPrompt, ToolSpec
 from model_runtime.detokenizer import IncrementalDetokenizer, StopMatcher
+from model_runtime.tool_calls import template_supports_tools, tools_for_template, with_fallback_tools
 
 __all__ = ["CHATML_TEMPLATE", "ChatTemplate", "IncrementalDetokenizer", "StopMatcher", "Tokenizer"]
 
@@ -60,13 +61,29 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"invalid chat template: {exc}") from exc
 
-    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        return template_supports_tools(self.source)
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = True,
+        tools: Sequence[ToolSpec] | None = None,
+    ) -> str:
+        """Tools go to a template that knows them; for one that does not, they are written into
+        the conversation (`tool_calls.with_fallback_tools`)."""
         if not messages:
             raise ChatTemplateError("messages must contain at least one message")
+        template_tools = None
+        if not self.supports_tools:
+            messages = with_fallback_tools(messages, tools or [])
+        elif tools:
+            template_tools = tools_for_template(tools)
         variables = {
             **self._special_tokens,
             "messages": [_message_dict(m) for m in messages],
-            "tools": None,
+            "tools": template_tools,
             "documents": None,
             "add_generation_prompt": add_generation_prompt,
         }
@@ -236,10 +253,15 @@ class Tokenizer:
         _check_encodable(text, param)
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def render_chat(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = True,
+        tools: Sequence[ToolSpec] | None = None,
+    ) -> list[int]:
         """Messages -> prompt ids, as `apply_chat_template(tokenize=True)`: the template writes
         BOS itself, so the rendered text is encoded without special tokens (no double BOS)."""
-        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.encode(text, add_special_tokens=False, param="messages")
 
     def decode(self, token_ids: Sequence[int]) -> str:

@@ -9,7 +9,17 @@ from pydantic_core import PydanticCustomError
 
 from app.schemas.common import RequestModel, Usage
 from app.schemas.generation import COMMON_NOT_YET, GenerationRequest, NotYet, unsupported
-from model_runtime import ChatMessage, SamplingParams
+from app.schemas.logprobs import ChoiceLogprobs
+from app.schemas.tools import (
+    AssistantToolCall,
+    ChatTool,
+    ChatToolChoice,
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallOut,
+    constraint_of,
+)
+from model_runtime import ChatMessage, Constraint, SamplingParams, ToolChoice
 
 # Content part types OpenAI defines that we cannot take yet (text-only models).
 UNSUPPORTED_PART_TYPES = ("image_url", "input_audio", "file", "refusal")
@@ -17,7 +27,7 @@ UNSUPPORTED_PART_TYPES = ("image_url", "input_audio", "file", "refusal")
 # Multiple text parts of one message become one string, joined as vLLM joins them.
 PART_SEPARATOR = "\n"
 
-FinishReasonLiteral = Literal["stop", "length"]
+FinishReasonLiteral = Literal["stop", "length", "tool_calls"]
 
 
 class TextContentPart(RequestModel):
@@ -45,21 +55,20 @@ class ChatMessageParam(RequestModel):
     # validate_default: a user message without content must fail, an assistant one may not.
     content: str | list[TextContentPart] | None = Field(None, validate_default=True)
     name: str | None = None
-    # Assistant/tool fields for function calling, which is not implemented yet: neutral values only.
     refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: which call this answers
     function_call: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
 
     @field_validator("role")
     @classmethod
     def _check_role(cls, role: str) -> str:
-        if role in ("tool", "function"):
+        if role == "function":
             raise PydanticCustomError(
                 "unsupported_parameter",
-                f"Messages with role '{role}' are not supported yet by this server "
-                "(tool calling is not implemented).",
+                "Messages with role 'function' (deprecated) are not supported by this server; "
+                "use 'tools' and messages with role 'tool'.",
             )
         return role
 
@@ -72,19 +81,20 @@ class ChatMessageParam(RequestModel):
             raise PydanticCustomError("too_short", "Content must contain at least one part.")
         return content
 
-    @field_validator("refusal", "tool_call_id", "function_call", "audio")
+    @field_validator("refusal", "function_call", "audio")
     @classmethod
     def _check_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:
             raise unsupported(str(info.field_name), "null")
         return value
 
-    @field_validator("tool_calls")
-    @classmethod
-    def _check_tool_calls(cls, value: list[dict[str, Any]] | None) -> Any:
-        if value:
-            raise unsupported("tool_calls", "null or []")
-        return value
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessageParam:
+        if self.role == "tool" and not self.tool_call_id:
+            raise PydanticCustomError("missing", "Messages with role 'tool' need a 'tool_call_id'.")
+        if self.tool_calls and self.role != "assistant":
+            raise PydanticCustomError("value_error", "Only assistant messages may carry 'tool_calls'.")
+        return self
 
     def to_chat_message(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -94,17 +104,15 @@ class ChatMessageParam(RequestModel):
         # `developer` is the newer name of `system`; chat templates only know the latter.
         role = "system" if self.role == "developer" else self.role
         extra: dict[str, object] = {"name": self.name} if self.name is not None else {}
+        if self.tool_calls:
+            extra["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            extra["tool_call_id"] = self.tool_call_id
         return ChatMessage(role=role, content=text, extra=extra)
 
 
 CHAT_NOT_YET: dict[str, NotYet] = {
     **COMMON_NOT_YET,
-    "logprobs": NotYet("false", lambda v: v in (None, False)),
-    "top_logprobs": NotYet("null or 0", lambda v: v in (None, 0)),
-    "response_format": NotYet('{"type": "text"}', lambda v: v is None or v == {"type": "text"}),
-    "tools": NotYet("null or []", lambda v: not v),
-    # Without tools, "auto" cannot call anything: it means the same as "none".
-    "tool_choice": NotYet('"none"', lambda v: v in (None, "none", "auto")),
     "functions": NotYet("null", lambda v: not v),
     "function_call": NotYet('"none"', lambda v: v in (None, "none", "auto")),
     "audio": NotYet("null", lambda v: v is None),
@@ -132,14 +140,15 @@ class ChatCompletionRequest(GenerationRequest):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: str | None = None
+
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: ChatToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
     # Not yet: see CHAT_NOT_YET.
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
@@ -150,10 +159,56 @@ class ChatCompletionRequest(GenerationRequest):
     web_search_options: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise PydanticCustomError("value_error", "'top_logprobs' needs 'logprobs' set to true.")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, choice: ChatToolChoice | None, info: ValidationInfo) -> ChatToolChoice | None:
+        tools: list[ChatTool] | None = info.data.get("tools")
+        if choice is None or choice == "none" or (choice == "auto" and not tools):
+            return choice  # "auto" with nothing to call means "none", as clients that always send it expect
+        if not tools:
+            raise PydanticCustomError("value_error", "'tool_choice' is only allowed when 'tools' are given.")
+        if not isinstance(choice, str) and choice.function.name not in {t.function.name for t in tools}:
+            raise PydanticCustomError(
+                "value_error",
+                f"'tool_choice' names a function that is not in 'tools': {choice.function.name!r}.",
+            )
+        response_format: ResponseFormat | None = info.data.get("response_format")
+        if choice != "auto" and response_format is not None and response_format.type != "text":
+            raise PydanticCustomError(
+                "value_error", "A required tool call cannot be combined with a JSON 'response_format'."
+            )
+        return choice
+
+    def tool_mode(self) -> ToolChoice:
+        """What the tools allow: none without tools; otherwise OpenAI's default, "auto"."""
+        choice = self.tool_choice
+        if not self.tools or choice == "none":
+            return ToolChoice.NONE
+        if choice is None or choice == "auto":
+            return ToolChoice.AUTO
+        if choice == "required":
+            return ToolChoice.REQUIRED
+        return ToolChoice.NAMED
+
+    def forced_function(self) -> str | None:
+        choice = self.tool_choice
+        return None if isinstance(choice, str) or choice is None else choice.function.name
+
     def to_sampling_params(self) -> SamplingParams:
         # max_completion_tokens is the newer name and wins; neither means "until the context ends".
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self.sampling_params(max_tokens)
+        constraint: Constraint | None = None
+        if self.response_format is not None:
+            constraint = constraint_of(self.response_format)
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self.sampling_params(max_tokens, logprobs=logprobs, constraint=constraint)
 
     def chat_messages(self) -> list[ChatMessage]:
         return [message.to_chat_message() for message in self.messages]
@@ -163,12 +218,14 @@ class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    # Left out unless the model called a tool, as OpenAI leaves it out.
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReasonLiteral
 
 
@@ -189,12 +246,13 @@ class ChatCompletionDelta(BaseModel):
     # OpenAI leaves unset delta fields out: the role only on the first chunk, `{}` on the last.
     role: Literal["assistant"] | None = Field(None, exclude_if=_is_none)
     content: str | None = Field(None, exclude_if=_is_none)
+    tool_calls: list[ToolCallDelta] | None = Field(None, exclude_if=_is_none)
 
 
 class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: ChatCompletionDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReasonLiteral | None = None
 
 

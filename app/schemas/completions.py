@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.schemas.common import Usage
-from app.schemas.generation import COMMON_NOT_YET, GenerationRequest, NotYet
+from app.schemas.generation import COMMON_NOT_YET, GenerationRequest, NotYet, unsupported
+from app.schemas.logprobs import CompletionLogprobs
 from model_runtime import SamplingParams
 
 # OpenAI's documented default for the legacy endpoint (chat has none).
@@ -18,10 +19,7 @@ Prompt = str | list[str] | list[int] | list[list[int]]
 
 COMPLETION_NOT_YET: dict[str, NotYet] = {
     **COMMON_NOT_YET,
-    # Legacy `logprobs` is a count: even 0 asks for the sampled token's logprob.
-    "logprobs": NotYet("null", lambda v: v is None),
-    "best_of": NotYet("1", lambda v: v in (None, 1)),
-    "echo": NotYet("false", lambda v: v in (None, False)),
+    # This server's models are not trained to fill in the middle.
     "suffix": NotYet('null or ""', lambda v: v in (None, "")),
 }
 
@@ -33,11 +31,32 @@ class CompletionRequest(GenerationRequest):
     # null means "until the context window is full"; absent means OpenAI's default of 16.
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
 
-    # Not yet: see COMPLETION_NOT_YET.
+    # A count: the sampled token's logprob plus that many alternatives (0 still asks for logprobs).
     logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=0, le=20)
     echo: bool | None = None
+
+    # Not yet: see COMPLETION_NOT_YET.
+    best_of: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _check_best_of(cls, best_of: int | None, info: ValidationInfo) -> int | None:
+        # best_of equal to n ranks nothing away: it is the same request. Larger values are refused.
+        if best_of is not None and best_of != (info.data.get("n") or 1):
+            raise unsupported("best_of", "null or the value of 'n'")
+        return best_of
+
+    @field_validator("echo")
+    @classmethod
+    def _check_echo(cls, echo: bool | None, info: ValidationInfo) -> bool | None:
+        if echo and info.data.get("logprobs") is not None:
+            raise PydanticCustomError(
+                "unsupported_parameter",
+                "'echo' together with 'logprobs' (log-probabilities of the prompt) is not supported "
+                "by this server; send one of them.",
+            )
+        return echo
 
     @field_validator("prompt")
     @classmethod
@@ -62,13 +81,13 @@ class CompletionRequest(GenerationRequest):
         return list(prompt)  # type: ignore[arg-type]  # list[str] or list[list[int]]
 
     def to_sampling_params(self) -> SamplingParams:
-        return self.sampling_params(self.max_tokens)
+        return self.sampling_params(self.max_tokens, logprobs=self.logprobs)
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     # null only inside a stream, before the choice ends.
     finish_reason: Literal["stop", "length"] | None
 

@@ -2,7 +2,8 @@
 
 Every field of OpenAI's request schemas falls in one of three groups:
 
-* implemented: mapped onto `SamplingParams` by `GenerationRequest.sampling_params`;
+* implemented: mapped onto `SamplingParams` by `GenerationRequest.sampling_params` (and the
+  endpoints' `to_sampling_params`);
 * informational: accepted whatever its value, because it changes nothing a client can observe from
   a self-hosted server (`user`, `metadata`, `store`, `service_tier`, prompt-cache hints, ...);
 * not yet: accepted only at its neutral value, otherwise a 400 that names the parameter (`NOT_YET`),
@@ -19,7 +20,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.schemas.common import RequestModel, StreamOptions
-from model_runtime import SamplingParams
+from model_runtime import Constraint, SamplingParams
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
@@ -33,17 +34,10 @@ class NotYet:
     accepts: Callable[[Any], bool]
 
 
-def _is_empty(value: Any) -> bool:
-    return not value
-
-
 # Shared by both endpoints. Keys are field names; the fields themselves are declared below.
-COMMON_NOT_YET: dict[str, NotYet] = {
-    "n": NotYet("1", lambda v: v in (None, 1)),
-    "presence_penalty": NotYet("0", lambda v: v in (None, 0)),
-    "frequency_penalty": NotYet("0", lambda v: v in (None, 0)),
-    "logit_bias": NotYet("null or {}", _is_empty),
-}
+COMMON_NOT_YET: dict[str, NotYet] = {}
+
+LOGIT_BIAS_LIMIT = 100  # OpenAI's range: -100 (ban) .. 100 (force)
 
 
 def unsupported(param: str, neutral: str) -> PydanticCustomError:
@@ -75,12 +69,28 @@ class GenerationRequest(RequestModel):
     min_p: float | None = Field(None, ge=0, le=1)
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # 1 and null: off
 
-    # Not yet: see NOT_YET.
     n: int | None = Field(None, ge=1, le=128)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, int | float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, int | float] | None) -> dict[str, int | float] | None:
+        for key, value in (bias or {}).items():
+            if not key.isdigit():
+                raise PydanticCustomError(
+                    "value_error", f"Keys must be token ids (non-negative integers as strings), got {key!r}."
+                )
+            if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+                raise PydanticCustomError(
+                    "value_error",
+                    f"Bias values must be between -{LOGIT_BIAS_LIMIT} and {LOGIT_BIAS_LIMIT}, got {value} "
+                    f"for token {key}.",
+                )
+        return bias
 
     @field_validator("stop")
     @classmethod
@@ -105,16 +115,7 @@ class GenerationRequest(RequestModel):
         return options
 
     @field_validator(
-        "n",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
         # chat only
-        "logprobs",
-        "top_logprobs",
-        "response_format",
-        "tools",
-        "tool_choice",
         "functions",
         "function_call",
         "audio",
@@ -126,15 +127,14 @@ class GenerationRequest(RequestModel):
         "moderation",
         # legacy only
         "best_of",
-        "echo",
         "suffix",
         check_fields=False,
     )
     @classmethod
     def _check_not_yet(cls, value: Any, info: ValidationInfo) -> Any:
         assert info.field_name is not None
-        rule = cls.NOT_YET[info.field_name]
-        if not rule.accepts(value):
+        rule = cls.NOT_YET.get(info.field_name)
+        if rule is not None and not rule.accepts(value):
             raise unsupported(info.field_name, rule.neutral)
         return value
 
@@ -142,8 +142,15 @@ class GenerationRequest(RequestModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int | None) -> SamplingParams:
-        """The one place where request fields become runtime parameters."""
+    def sampling_params(
+        self,
+        max_tokens: int | None,
+        logprobs: int | None = None,
+        constraint: Constraint | None = None,
+        prompt_logprobs: int | None = None,
+    ) -> SamplingParams:
+        """The one place where request fields become runtime parameters; the endpoints add what
+        only they have (logprobs, response formats)."""
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         if top_p == 0.0:
@@ -159,4 +166,12 @@ class GenerationRequest(RequestModel):
             stop=tuple(stop),
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=bool(self.ignore_eos),
+            n=self.n or 1,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            constraint=constraint,
         )

@@ -16,6 +16,7 @@ from app.errors import server_error
 from app.responses import DONE, client_gone, error_event, json_response, sse_response
 from app.schemas.common import Usage
 from app.schemas.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from app.schemas.logprobs import completion_logprobs
 from app.services.generation import (
     Job,
     as_api_error,
@@ -24,6 +25,7 @@ from app.services.generation import (
     finish_reason_of,
     merged,
     until_disconnected,
+    usage_of,
 )
 from app.services.models import served_model
 from model_runtime import ContextLengthExceeded, EngineClient, SamplingParams
@@ -62,54 +64,88 @@ def _jobs(
     return jobs
 
 
+def _echoes(body: CompletionRequest, engine: EngineClient, jobs: list[Job]) -> list[str]:
+    """Each prompt's text, put before its choices' text when `echo` is set."""
+    if not body.echo:
+        return ["" for _ in jobs]
+    return [p if isinstance(p, str) else engine.decode(p) for p in body.prompts()]
+
+
 async def create_completion(body: CompletionRequest, engine: EngineClient, request: Request) -> Response:
     model = served_model(engine, body.model).id
     params = body.to_sampling_params()
     response_id = f"cmpl-{uuid.uuid4().hex}"
     # Every prompt is validated before any generation starts: one bad prompt fails the request.
     jobs = _jobs(body, engine, response_id, params)
+    echoes = _echoes(body, engine, jobs)
     created = int(time.time())
     if body.stream:
         stream = CompletionStream(response_id, created, model, body.include_usage)
-        return sse_response(_events(engine, jobs, stream))
+        return sse_response(_events(engine, jobs, stream, echoes))
 
     completions = await until_disconnected(request, collect(engine, jobs))
     if completions is None:
         return client_gone()
+    prompt_tokens, completion_tokens = usage_of(completions)
     response = CompletionResponse(
         id=response_id,
         created=created,
         model=model,
         choices=[
-            CompletionChoice(text=c.text, index=i, finish_reason=c.finish_reason)
-            for i, c in enumerate(completions)
+            CompletionChoice(
+                text=echoes[c.job] + c.text,
+                index=c.job * params.n + c.index,
+                logprobs=completion_logprobs(c.logprobs, len(echoes[c.job]))
+                if c.logprobs is not None
+                else None,
+                finish_reason=c.finish_reason,
+            )
+            for c in completions
         ],
-        usage=Usage.of(
-            sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions)
-        ),
+        usage=Usage.of(prompt_tokens, completion_tokens),
     )
     return json_response(response)
 
 
-async def _events(engine: EngineClient, jobs: list[Job], stream: CompletionStream) -> AsyncIterator[str]:
+async def _events(
+    engine: EngineClient, jobs: list[Job], stream: CompletionStream, echoes: list[str]
+) -> AsyncIterator[str]:
     """Text chunks per choice, one finish chunk per choice, [usage chunk], [DONE]; or error, [DONE]."""
-    prompt_tokens = completion_tokens = finished = 0
+    n = jobs[0].params.n
+    prompt_tokens: dict[int, int] = {}
+    completion_tokens = finished = 0
+    offsets: dict[int, int] = {}  # characters sent so far per choice, for logprobs' text_offset
     try:
         async with aclosing(merged(engine, jobs)) as outputs:
-            async for index, output in outputs:
+            async for job, output in outputs:
                 check_output(output)
-                if output.text:
-                    yield stream.chunk([CompletionChoice(text=output.text, index=index, finish_reason=None)])
+                index = job * n + output.index
+                if index not in offsets:
+                    offsets[index] = 0
+                    if echoes[job]:
+                        yield stream.chunk(
+                            [CompletionChoice(text=echoes[job], index=index, finish_reason=None)]
+                        )
+                        offsets[index] = len(echoes[job])
+                if output.text or output.logprobs:
+                    logprobs = None
+                    if output.logprobs is not None:
+                        logprobs = completion_logprobs(output.logprobs, offsets[index])
+                    offsets[index] += len(output.text)
+                    choice = CompletionChoice(
+                        text=output.text, index=index, logprobs=logprobs, finish_reason=None
+                    )
+                    yield stream.chunk([choice])
                 if output.finished:
                     reason = finish_reason_of(output)
                     yield stream.chunk([CompletionChoice(text="", index=index, finish_reason=reason)])
-                    prompt_tokens += output.prompt_tokens
+                    prompt_tokens[job] = output.prompt_tokens
                     completion_tokens += output.completion_tokens
                     finished += 1
-        if finished < len(jobs):
+        if finished < len(jobs) * n:
             raise server_error("The engine ended a generation without a final output.")
         if stream.include_usage:
-            yield stream.chunk([], Usage.of(prompt_tokens, completion_tokens))
+            yield stream.chunk([], Usage.of(sum(prompt_tokens.values()), completion_tokens))
     except Exception as exc:
         yield error_event(as_api_error(exc))
     yield DONE

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 from starlette.requests import Request
 
 from app.errors import APIError, engine_error, server_error
-from model_runtime import EngineClient, EngineError, FinishReason, RequestOutput, SamplingParams
+from model_runtime import EngineClient, EngineError, FinishReason, RequestOutput, SamplingParams, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,22 @@ class Job:
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished choice."""
+    """A finished choice: sample `index` of job `job`."""
 
     text: str
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    job: int = 0
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+
+
+def usage_of(completions: Sequence[Completion]) -> tuple[int, int]:
+    """(prompt, completion) tokens of a response: each prompt counts once, however many samples."""
+    prompts = {c.job: c.prompt_tokens for c in completions}
+    return sum(prompts.values()), sum(c.completion_tokens for c in completions)
 
 
 def finish_reason_of(output: RequestOutput) -> Literal["stop", "length"]:
@@ -65,9 +75,11 @@ async def guarded(engine: EngineClient, job: Job) -> AsyncIterator[RequestOutput
     """`engine.generate`, plus an abort whenever we stop before the final output."""
     outputs = engine.generate(job.request_id, job.prompt_ids, job.params)
     finished = False
+    unfinished = job.params.n  # each of the n samples ends with its own final output
     try:
         async for output in outputs:
-            finished = output.finished
+            unfinished -= output.finished
+            finished = unfinished == 0
             yield output
             if finished:
                 break
@@ -121,22 +133,41 @@ async def merged(engine: EngineClient, jobs: Sequence[Job]) -> AsyncIterator[tup
 
 
 async def collect(engine: EngineClient, jobs: Sequence[Job]) -> list[Completion]:
-    """Run the jobs to the end; one Completion per job, in order."""
-    texts: list[list[str]] = [[] for _ in jobs]
-    finals: list[RequestOutput | None] = [None] * len(jobs)
+    """Run the jobs to the end; one Completion per sample, ordered by job then sample index."""
+    texts: dict[tuple[int, int], list[str]] = {}
+    logprobs: dict[tuple[int, int], list[TokenLogprob]] = {}
+    prompt_logprobs: dict[int, list[TokenLogprob]] = {}
+    finals: dict[tuple[int, int], RequestOutput] = {}
     async with aclosing(merged(engine, jobs)) as outputs:
-        async for index, output in outputs:
+        async for job, output in outputs:
             check_output(output)
-            texts[index].append(output.text)
+            key = (job, output.index)
+            texts.setdefault(key, []).append(output.text)
+            if output.logprobs is not None:
+                logprobs.setdefault(key, []).extend(output.logprobs)
+            if output.prompt_logprobs is not None:
+                prompt_logprobs[job] = output.prompt_logprobs
             if output.finished:
-                finals[index] = output
+                finals[key] = output
     completions = []
-    for text, final in zip(texts, finals, strict=True):
-        if final is None:
-            raise server_error("The engine ended a generation without a final output.")
-        completions.append(
-            Completion("".join(text), finish_reason_of(final), final.prompt_tokens, final.completion_tokens)
-        )
+    for job_index, job in enumerate(jobs):
+        for index in range(job.params.n):
+            key = (job_index, index)
+            final = finals.get(key)
+            if final is None:
+                raise server_error("The engine ended a generation without a final output.")
+            completions.append(
+                Completion(
+                    "".join(texts.get(key, [])),
+                    finish_reason_of(final),
+                    final.prompt_tokens,
+                    final.completion_tokens,
+                    job_index,
+                    index,
+                    logprobs.get(key, []) if job.params.logprobs is not None else None,
+                    prompt_logprobs.get(job_index),
+                )
+            )
     return completions
 
 

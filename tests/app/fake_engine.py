@@ -18,13 +18,19 @@ from model_runtime import (
     ContextLengthExceeded,
     EngineStats,
     FinishReason,
+    InvalidParameter,
     InvalidPrompt,
     ModelInfo,
     RequestOutput,
     SamplingParams,
+    TokenLogprob,
+    ToolSpec,
+    TopLogprob,
 )
+from model_runtime.grammar import grammar_of
 
 EOS = "<eos>"
+FAKE_VOCAB_SIZE = 50_000  # what logit_bias ids are checked against
 
 
 @dataclass
@@ -47,6 +53,8 @@ class FakeEngine:
     words: list[str] = field(default_factory=lambda: [EOS])
     calls: list[GenerateCall] = field(default_factory=list)
     rendered: list[list[ChatMessage]] = field(default_factory=list)
+    rendered_tools: list[list[ToolSpec] | None] = field(default_factory=list)
+    script: str | None = None  # when set, every reply is this text, one character per token
     aborted: list[str] = field(default_factory=list)  # engine.abort(request_id)
     closed_early: list[str] = field(default_factory=list)  # generator closed before finishing
     tokens_sent: dict[str, int] = field(default_factory=dict)
@@ -66,8 +74,11 @@ class FakeEngine:
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.words[i] for i in ids)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] | None = None
+    ) -> list[int]:
         self.rendered.append(list(messages))
+        self.rendered_tools.append(list(tools) if tools is not None else None)
         if any("{%" in m.content for m in messages):
             raise ChatTemplateError("the chat template failed to render")
         return self.encode(" ".join(f"{m.role}: {m.content}" for m in messages))
@@ -80,6 +91,10 @@ class FakeEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens; "
                 f"the prompt has {len(prompt_token_ids)} and max_tokens is {params.max_tokens}."
             )
+        if params.constraint is not None:
+            grammar_of(params.constraint)  # the real engine's check: a bad schema is a 400
+        if any(not 0 <= t < FAKE_VOCAB_SIZE for t, _ in params.logit_bias):
+            raise InvalidParameter("logit_bias: token id out of the vocabulary", "logit_bias")
 
     def reply_ids(self, prompt_ids: Sequence[int]) -> list[int]:
         """What generate() would produce without limits: the prompt's words, looped."""
@@ -99,6 +114,9 @@ class FakeEngine:
                 reason = FinishReason.STOP
                 break
             pieces.append((word if n == 1 else " " + word, token))
+        if self.script is not None:
+            pieces = [(char, self._id(char)) for char in self.script[:limit]]
+            reason = FinishReason.STOP if len(self.script) <= limit else FinishReason.LENGTH
         full = "".join(piece for piece, _ in pieces)
         cut = min((i for stop in params.stop if (i := full.find(stop)) >= 0), default=None)
         if cut is None:
@@ -117,6 +135,7 @@ class FakeEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
+        """The n samples of a request are the same reply, interleaved token by token."""
         prompt = list(prompt_token_ids)
         self.calls.append(GenerateCall(request_id, prompt, params))
         pieces, reason = self.plan(prompt, params)
@@ -140,22 +159,40 @@ class FakeEngine:
                     return
                 self.tokens_sent[request_id] = n
                 # The last token of a max_tokens finish carries the finish itself (engines do both).
-                finished = n == len(pieces) and reason is FinishReason.LENGTH
-                yield RequestOutput(
-                    request_id=request_id,
-                    text=piece,
-                    token_ids=[token],
-                    finished=finished,
-                    finish_reason=reason if finished else None,
-                    prompt_tokens=len(prompt),
-                    completion_tokens=n,
-                )
+                last = n == len(pieces) and reason is FinishReason.LENGTH
+                for index in range(params.n):
+                    finished = last and index == params.n - 1
+                    yield RequestOutput(
+                        request_id=request_id,
+                        text=piece,
+                        token_ids=[token],
+                        finished=last,
+                        finish_reason=reason if last else None,
+                        prompt_tokens=len(prompt),
+                        completion_tokens=n,
+                        index=index,
+                        logprobs=self._logprobs(piece, token, params),
+                    )
             if not finished:
-                finished = True
-                yield self._final(request_id, prompt, len(pieces), reason)
+                for index in range(params.n):
+                    finished = index == params.n - 1
+                    out = self._final(request_id, prompt, len(pieces), reason)
+                    out.index = index
+                    out.logprobs = [] if params.logprobs is not None else None
+                    yield out
         finally:
             if not finished:
                 self.closed_early.append(request_id)
+
+    @staticmethod
+    def _logprobs(piece: str, token: int, params: SamplingParams) -> list[TokenLogprob] | None:
+        """-0.5 for the reply's token, then alternatives at -1, -2, ..."""
+        if params.logprobs is None:
+            return None
+        top = (TopLogprob(token, piece, piece.encode(), -0.5),) + tuple(
+            TopLogprob(1000 + k, f"alt{k}", f"alt{k}".encode(), -1.0 - k) for k in range(params.logprobs - 1)
+        )
+        return [TokenLogprob(token, piece, piece.encode(), -0.5, top[: params.logprobs])]
 
     @staticmethod
     def _final(

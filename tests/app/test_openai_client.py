@@ -74,8 +74,10 @@ async def test_errors_raise_the_sdk_exceptions(openai_client: AsyncOpenAI) -> No
         await openai_client.chat.completions.create(model="fake-model", messages=MESSAGES, temperature=5)
     assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as not_yet:
-        await openai_client.chat.completions.create(model="fake-model", messages=MESSAGES, n=2)
-    assert not_yet.value.param == "n" and not_yet.value.code == "unsupported_parameter"
+        await openai_client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, reasoning_effort="high"
+        )
+    assert not_yet.value.param == "reasoning_effort" and not_yet.value.code == "unsupported_parameter"
 
 
 async def test_mid_stream_error_raises_in_the_sdk(openai_client: AsyncOpenAI, engine: FakeEngine) -> None:

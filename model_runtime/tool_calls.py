@@ -1,0 +1,221 @@
+"""Tool calls in the model's text: how tools reach the prompt, the grammar that forces a call, and
+parsing calls back out of the output (whole, or while it streams).
+
+Calls are written in the Hermes format that Qwen2/2.5, Hermes and many Llama fine-tunes were
+trained on and that their chat templates emit:
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+A chat template that knows tools (it reads the `tools` variable) renders the definitions itself.
+For one that does not (SmolLM2's, Llama 2's), `fallback_tools_prompt` writes them into the system
+message, assistant calls are written back into the assistant's text in the same format, and tool
+results go in as user messages wrapped in <tool_response> (templates without tool support often
+accept only system/user/assistant).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from model_runtime.api import ChatMessage, Constraint, ConstraintKind, ToolChoice, ToolSpec
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+# The grammar's JSON options (see grammar.JSON_OPTIONS), given inside the embedded schema.
+_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def template_supports_tools(template_source: str) -> bool:
+    return "tools" in template_source
+
+
+def tools_for_template(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """The `tools` variable as Hugging Face templates expect it (OpenAI's tool objects)."""
+    return [{"type": "function", "function": tool.as_function()} for tool in tools]
+
+
+def fallback_tools_prompt(tools: Sequence[ToolSpec]) -> str:
+    listing = "\n".join(json.dumps(tool.as_function(), ensure_ascii=False) for tool in tools)
+    return (
+        "You may call one or more functions to help with the user's request. The functions are:\n"
+        f"<tools>\n{listing}\n</tools>\n"
+        "To call a function, reply with a JSON object holding its name and arguments inside "
+        f"{CALL_OPEN}{CALL_CLOSE} tags, one per call:\n"
+        f'{CALL_OPEN}\n{{"name": "<function-name>", "arguments": {{...}}}}\n{CALL_CLOSE}'
+    )
+
+
+def format_call(name: str, arguments: str) -> str:
+    """One call as the model writes it; `arguments` is the JSON text a client sent back."""
+    try:
+        args: Any = json.loads(arguments)
+    except ValueError:
+        args = arguments
+    body = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+    return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
+
+
+def with_fallback_tools(messages: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> list[ChatMessage]:
+    """The conversation rewritten for a template without tool support (see the module docstring)."""
+    out: list[ChatMessage] = []
+    for message in messages:
+        extra = dict(message.extra)
+        calls = extra.pop("tool_calls", None)
+        if message.role == "assistant" and isinstance(calls, list) and calls:
+            text = "\n".join(
+                format_call(str(c["function"]["name"]), str(c["function"]["arguments"])) for c in calls
+            )
+            content = f"{message.content}\n{text}" if message.content else text
+            out.append(ChatMessage("assistant", content, extra))
+        elif message.role == "tool":
+            extra.pop("tool_call_id", None)
+            out.append(ChatMessage("user", f"<tool_response>\n{message.content}\n</tool_response>", extra))
+        else:
+            out.append(ChatMessage(message.role, message.content, extra))
+    if tools:
+        prompt = fallback_tools_prompt(tools)
+        if out and out[0].role == "system":
+            out[0] = ChatMessage("system", f"{out[0].content}\n\n{prompt}", out[0].extra)
+        else:
+            out.insert(0, ChatMessage("system", prompt))
+    return out
+
+
+def call_constraint(tools: Sequence[ToolSpec], forced: str | None, parallel: bool) -> Constraint:
+    """A grammar whose every sentence is one call (several when `parallel`) to the forced function,
+    or to any of the tools when none is forced (`tool_choice: "required"`)."""
+    chosen = [t for t in tools if forced is None or t.name == forced]
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in chosen
+    ]
+    schema: dict[str, Any] = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    schema = {**schema, "x-guidance": _JSON_OPTIONS}
+    repeat = ' ("\\n" call)*' if parallel else ""
+    lark = (
+        f"start: call{repeat}\n"
+        f'call: "{CALL_OPEN}\\n" body "\\n{CALL_CLOSE}"\n'
+        f"body: %json {json.dumps(schema)}\n"
+    )
+    return Constraint(ConstraintKind.LARK, lark)
+
+
+@dataclass(frozen=True)
+class ParsedCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def parse_call(body: str) -> ParsedCall | None:
+    """The JSON between the tags; None when it is not a call (the text then stays content)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return ParsedCall(new_call_id(), value["name"], text)
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
+    """A finished output -> (content outside the calls or None, the calls)."""
+    parser = ToolCallParser()
+    events = parser.feed(text) + parser.finish()
+    content = "".join(e.text for e in events if isinstance(e, ContentPiece))
+    calls = [e.call for e in events if isinstance(e, CallPiece)]
+    return (content.strip() or None) if calls else content, calls
+
+
+@dataclass(frozen=True)
+class ContentPiece:
+    text: str
+
+
+@dataclass(frozen=True)
+class CallPiece:
+    index: int
+    call: ParsedCall
+
+
+class ToolCallParser:
+    """Splits streamed text into content and complete calls.
+
+    Text that could be the start of `<tool_call>` is held back until it is known not to be; a call
+    is reported once its closing tag arrives (its arguments go out in one piece). An unclosed or
+    unparsable call is given back as content at the end, so no text is ever lost.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._in_call = False
+        self._calls = 0
+
+    def feed(self, text: str) -> list[ContentPiece | CallPiece]:
+        self._buffer += text
+        events: list[ContentPiece | CallPiece] = []
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(CALL_OPEN)
+                if start < 0:
+                    keep = _partial_suffix(self._buffer, CALL_OPEN)
+                    emit = self._buffer[: len(self._buffer) - keep]
+                    if emit:
+                        events.append(ContentPiece(emit))
+                    self._buffer = self._buffer[len(emit) :]
+                    return events
+                if start:
+                    events.append(ContentPiece(self._buffer[:start]))
+                self._buffer = self._buffer[start:]
+                self._in_call = True
+            end = self._buffer.find(CALL_CLOSE)
+            if end < 0:
+                return events
+            body = self._buffer[len(CALL_OPEN) : end]
+            call = parse_call(body.strip())
+            whole = self._buffer[: end + len(CALL_CLOSE)]
+            self._buffer = self._buffer[end + len(CALL_CLOSE) :]
+            self._in_call = False
+            if call is None:
+                events.append(ContentPiece(whole))
+            else:
+                events.append(CallPiece(self._calls, call))
+                self._calls += 1
+                self._buffer = self._buffer.lstrip("\n")
+
+    def finish(self) -> list[ContentPiece | CallPiece]:
+        rest, self._buffer = self._buffer, ""
+        return [ContentPiece(rest)] if rest else []
+
+    @property
+    def num_calls(self) -> int:
+        return self._calls
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:size]):
+            return size
+    return 0
+
+
+def choice_needs_constraint(choice: ToolChoice) -> bool:
+    return choice in (ToolChoice.REQUIRED, ToolChoice.NAMED)
