@@ -41,8 +41,12 @@ class RequestState:
         and the logprob entries whose text is now out."""
         seq = self.seq
         seq.token_ids.append(token_id)
+        grammar_done = False
         if seq.matcher is not None:
             seq.matcher.consume_token(token_id)
+            # A complete sentence of the grammar allows nothing but EOS: end here (even with
+            # ignore_eos, which must not push a constrained output past its grammar).
+            grammar_done = seq.matcher.is_stopped()
         if token_id in self.stop_ids:
             return self._finish(self.stop.flush(), FinishReason.STOP, cut=False)
         piece = self.detokenizer.add(token_id)
@@ -51,17 +55,24 @@ class RequestState:
         text, stopped = self.stop.push(piece)
         if stopped:
             return self._finish(text, FinishReason.STOP, cut=True)
+        if grammar_done:
+            return self._end(text, FinishReason.STOP)
         if seq.num_tokens >= seq.max_total_tokens:
-            # An incomplete character at the very end is dropped, never sent as U+FFFD.
-            tail = self.detokenizer.flush().rstrip("\ufffd")
-            if self.logprobs is not None:
-                self.logprobs.extend_last(tail)
-            tail, stopped = self.stop.push(tail)
-            reason = FinishReason.STOP if stopped else FinishReason.LENGTH
-            return self._finish(text + tail + ("" if stopped else self.stop.flush()), reason, cut=stopped)
+            return self._end(text, FinishReason.LENGTH)
         self.emitted += len(text)
         released = self.logprobs.release(self.emitted) if self.logprobs is not None else None
         return text, None, released
+
+    def _end(self, text: str, reason: FinishReason) -> tuple[str, FinishReason, list[TokenLogprob] | None]:
+        """Ends without a stop: flushes what the detokenizer and the stop matcher hold."""
+        # An incomplete character at the very end is dropped, never sent as U+FFFD.
+        tail = self.detokenizer.flush().rstrip("\ufffd")
+        if self.logprobs is not None:
+            self.logprobs.extend_last(tail)
+        tail, stopped = self.stop.push(tail)
+        if stopped:  # the flushed tail completed a stop string
+            return self._finish(text + tail, FinishReason.STOP, cut=True)
+        return self._finish(text + tail + self.stop.flush(), reason, cut=False)
 
     def _finish(
         self, text: str, reason: FinishReason, cut: bool

@@ -24,6 +24,14 @@ from app.bench import describe_ms, fmt, throughput, write_json
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 DEFAULT_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 MAX_ERRORS_REPORTED = 5
+# Long enough that no answer completes it within a benchmark's max_tokens: constrained requests
+# then generate as many tokens as unconstrained ones, and the two runs compare like for like.
+LONG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"lines": {"type": "array", "items": {"type": "string"}, "minItems": 256}},
+    "required": ["lines"],
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class ServeBenchConfig:
     ignore_eos: bool = False
     prompt: str = DEFAULT_PROMPT
     api_key: str | None = None
+    response_format: str = "text"  # text | json_object | json_schema (LONG_SCHEMA)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class ServeBenchResult:
             "concurrency": self.config.concurrency,
             "max_tokens": self.config.max_tokens,
             "ignore_eos": self.config.ignore_eos,
+            "response_format": self.config.response_format,
             "requests": len(self.records),
             "ok": len(ok),
             "failed": len(self.records) - len(ok),
@@ -96,6 +106,13 @@ def request_body(config: ServeBenchConfig, model: str, index: int) -> dict[str, 
     }
     if config.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extension; sent only when asked, strict servers reject it
+    if config.response_format == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif config.response_format == "json_schema":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "lines", "strict": True, "schema": LONG_SCHEMA},
+        }
     return body
 
 
@@ -235,6 +252,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OPENAI_API_KEY"),
         help="sent as a bearer token (default: unset; env: OPENAI_API_KEY)",
     )
+    parser.add_argument(
+        "--response-format",
+        choices=("text", "json_object", "json_schema"),
+        default="text",
+        help="constrain every answer (json_schema: a long built-in schema); default: text",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the summary here")
 
 
@@ -251,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> ServeBenchConfig:
         ignore_eos=args.ignore_eos,
         prompt=args.prompt,
         api_key=args.api_key,
+        response_format=args.response_format,
     )
 
 

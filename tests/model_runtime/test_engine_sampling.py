@@ -151,3 +151,20 @@ def test_invalid_schema_is_refused(tiny_model_path: Path) -> None:
     bad = Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(schema))
     with pytest.raises(InvalidParameter):
         engine.validate([5, 6], SamplingParams(constraint=bad))
+
+
+def test_a_complete_grammar_ends_the_output_even_with_ignore_eos(tiny_model_path: Path) -> None:
+    engine = make_engine(tiny_model_path)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "boolean"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    constraint = Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(schema))
+    engine.add_request(
+        "a", prompts(1)[0], SamplingParams(max_tokens=60, ignore_eos=True, constraint=constraint)
+    )
+    outs = run_all(engine)["a"]
+    assert outs[-1].finish_reason is FinishReason.STOP
+    assert json.loads("".join(o.text for o in outs)) in ({"a": True}, {"a": False})
