@@ -7,43 +7,24 @@ Screenshots of each round trip are saved under artifacts/playground/.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import MODEL, Server
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "artifacts" / "playground"
-CHROMIUM = "/usr/bin/chromium"
-# This machine's network is closed: without these flags Chromium keeps dialling out at start.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.e2e.chromium import ARTIFACTS, chromium, new_page
+from tests.e2e.conftest import API_KEY, MODEL, Server
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    yield page
-    context.close()
+    with new_page(browser) as page:
+        yield page
 
 
 def open_playground(page: Page, server: Server) -> None:
@@ -138,3 +119,21 @@ def test_an_api_error_is_shown_with_the_server_message(page: Page, server: Serve
     expect(page.locator("#messages li.assistant.error")).to_contain_text("404")
     expect(page.locator("#status")).to_contain_text("does not exist")
     expect(page.locator("#send")).to_be_enabled()
+
+
+def test_api_key_is_sent_when_the_server_needs_one(page: Page, keyed_server: Server) -> None:
+    page.goto(f"{keyed_server.base_url}/")  # the page itself needs no key
+    expect(page.locator("#status")).to_contain_text("401", timeout=30_000)
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#chat-model option").first).to_have_attribute("value", MODEL)
+    page.fill("#max-tokens", "8")
+    page.fill("#chat-input", "Hello")
+    page.click("#send")
+    expect(page.locator("#stop-generation")).to_be_disabled(timeout=120_000)
+    expect(page.locator("#messages li.assistant")).not_to_have_class("assistant error")
+    assert page.locator("#messages li.assistant .content").text_content()
+    # Kept for the next visit, as users expect of a key field.
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value(API_KEY)
+    expect(page.locator("#chat-model option").first).to_have_attribute("value", MODEL)

@@ -36,18 +36,15 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-// Image models are told apart by what the server says of them; language models are the rest.
-function isImageModel(card) {
-  const kind = card.type || card.kind || card.modality || "";
-  return /image/i.test(kind) || (Array.isArray(card.capabilities) && card.capabilities.includes("image"));
-}
-
 async function loadModels() {
   try {
     const listing = await (await api("/models")).json();
     const cards = listing.data || [];
-    fillSelect($("chat-model"), cards.filter((c) => !isImageModel(c)), null);
-    fillSelect($("image-model"), cards.filter(isImageModel), "server default");
+    // /v1/models lists language and image models alike (OpenAI's model object names no kind): both
+    // pickers offer all of them. The server lists its language model first, and the image tab
+    // leaves the choice to the server unless one is picked.
+    fillSelect($("chat-model"), cards, null);
+    fillSelect($("image-model"), cards, "server default");
     setStatus(`${cards.length} model(s) available`);
   } catch (error) {
     setStatus(`Cannot list models: ${error.message}`, true);
