@@ -61,6 +61,10 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("atenea_engine_steps", "Engine steps run", stats.steps)
 
 
+# The route whose requests also feed the image metrics.
+IMAGE_ROUTE = "/v1/images/generations"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -112,11 +116,16 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.request_latency.labels(route).observe(seconds)
+        if route == IMAGE_ROUTE and method == "POST":
+            self.observe_image_request(status, seconds)
 
-    def observe_image_request(self, status: int, seconds: float, images: int) -> None:
-        """For the image service: one call per request, when it is answered."""
+    def observe_image_request(self, status: int, seconds: float) -> None:
+        """Called by the request middleware for every image generation request."""
         self.image_requests.labels(str(status)).inc()
         self.image_latency.observe(seconds)
+
+    def count_images(self, images: int) -> None:
+        """For the image service: images produced by one answered request."""
         self.images_generated.inc(images)
 
     def render(self) -> bytes:

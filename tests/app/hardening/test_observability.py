@@ -116,11 +116,13 @@ async def test_metrics_count_requests_tokens_and_latencies(engine: FakeEngine) -
     assert "atenea_image_request_latency_seconds" in text
 
 
-def test_image_metrics_can_be_recorded() -> None:
-    from app.metrics import Metrics
+def test_image_requests_feed_the_image_metrics() -> None:
+    from app.metrics import IMAGE_ROUTE, Metrics
 
     metrics = Metrics()
-    metrics.observe_image_request(200, 3.5, images=2)
+    metrics.observe_request("POST", IMAGE_ROUTE, 200, 3.5)
+    metrics.observe_request("POST", "/v1/chat/completions", 200, 1.0)
+    metrics.count_images(2)
     text = metrics.render().decode()
     assert metric_value(text, "atenea_image_requests_total", 'status="200"') == 1
     assert metric_value(text, "atenea_images_generated_total") == 2
