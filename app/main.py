@@ -17,7 +17,7 @@ from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.middleware import install_middleware
 from app.middleware.auth import load_api_keys
-from app.routers import chat, completions, health, metrics, models, playground
+from app.routers import chat, completions, embeddings, health, metrics, models, playground
 from app.settings import Settings, get_settings
 from app.watchdog import Watchdog
 from model_runtime import EngineClient, EngineConfig
@@ -142,6 +142,7 @@ def create_app(
         models.router,
         chat.router,
         completions.router,
+        embeddings.router,
         health.router,
         metrics.router,
         playground.router,

@@ -83,6 +83,9 @@ class RequestEngine:
     def abort(self, request_id: str) -> None:
         self._engine.abort(request_id)
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return await self._engine.embed(inputs)
+
     def stats(self) -> EngineStats:
         return self._engine.stats()
 

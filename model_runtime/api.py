@@ -123,6 +123,7 @@ class ModelInfo:
     max_model_len: int
     created: int  # unix time the model was loaded
     owned_by: str = "atenea"
+    vocab_size: int = 0  # token ids are in [0, vocab_size)
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,10 @@ class EngineClient(Protocol):
         ...
 
     def abort(self, request_id: str) -> None: ...
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One mean-pooled, L2-normalised embedding per token-id input."""
+        ...
 
     def stats(self) -> EngineStats: ...
 

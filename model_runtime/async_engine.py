@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from model_runtime.api import (
     ChatMessage,
@@ -42,6 +43,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Embed:
+    inputs: list[list[int]]
+    future: asyncio.Future[list[list[float]]]
+
+
 class _Stop:
     pass
 
@@ -54,7 +61,7 @@ class AsyncEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._engine: Engine | None = None
-        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Embed | _Stop] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -144,6 +151,15 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Embeddings computed on the engine thread between steps."""
+        if not self.is_alive():
+            raise RuntimeError("the engine is not running")
+        assert self._loop is not None
+        future: asyncio.Future[list[list[float]]] = self._loop.create_future()
+        self._inbox.put(_Embed([list(ids) for ids in inputs], future))
+        return await future
+
     # -- the engine thread ----------------------------------------------------------------------
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -191,10 +207,20 @@ class AsyncEngine:
             if outputs:
                 self._deliver(outputs)
 
-    def _handle(self, engine: Engine, message: _Add | _Abort) -> list[RequestOutput]:
+    def _handle(self, engine: Engine, message: _Add | _Abort | _Embed) -> list[RequestOutput]:
         if isinstance(message, _Abort):
             engine.abort(message.request_id)
             return []  # the caller has gone; nobody reads an abort output
+        if isinstance(message, _Embed):
+            loop = self._loop
+            assert loop is not None
+            try:
+                vectors = engine.embed(message.inputs)
+            except Exception as exc:  # the caller's error (EngineError) or a failure, raised there
+                loop.call_soon_threadsafe(_set_exception, message.future, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, message.future, vectors)
+            return []
         try:
             engine.add_request(message.request_id, message.prompt_token_ids, message.params)
         except Exception as exc:
@@ -224,11 +250,11 @@ class AsyncEngine:
                 stream.put_nowait(out)
 
 
-def _set_result(future: asyncio.Future[None]) -> None:
+def _set_result(future: asyncio.Future[Any], value: Any = None) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -26,6 +26,7 @@ from model_runtime.api import (
     ToolSpec,
 )
 from model_runtime.config import EngineConfig
+from model_runtime.embedder import embed
 from model_runtime.grammar import GrammarEngine, grammar_of
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
@@ -105,7 +106,9 @@ class Engine:
         )
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.model_info = ModelInfo(config.served_model_name, self.max_model_len, int(time.time()))
+        self.model_info = ModelInfo(
+            config.served_model_name, self.max_model_len, int(time.time()), vocab_size=self.vocab_size
+        )
         self.requests: dict[str, RequestGroup] = {}
         self.steps = 0
         self.tokens_generated = 0
@@ -138,6 +141,21 @@ class Engine:
         return num_blocks
 
     # -- requests -------------------------------------------------------------------------------
+
+    def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
+        """One mean-pooled, normalised embedding per token-id input (see `embedder`)."""
+        for ids in inputs:
+            if not ids:
+                raise InvalidPrompt("an input is empty", param="input")
+            if min(ids) < 0 or max(ids) >= self.vocab_size:
+                raise InvalidPrompt(f"token ids must be in [0, {self.vocab_size})", param="input")
+            if len(ids) > self.max_model_len:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {self.max_model_len} tokens; an input has "
+                    f"{len(ids)}.",
+                    param="input",
+                )
+        return [embed(self.model, list(ids)).tolist() for ids in inputs]
 
     def render_chat(self, messages: Seq[ChatMessage], tools: Seq[ToolSpec] | None = None) -> list[int]:
         return self.tokenizer.render_chat(messages, tools=tools)

@@ -61,7 +61,12 @@ class FakeEngine:
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(id=self.model_id, max_model_len=self.max_model_len, created=1_700_000_000)
+        return ModelInfo(
+            id=self.model_id,
+            max_model_len=self.max_model_len,
+            created=1_700_000_000,
+            vocab_size=FAKE_VOCAB_SIZE,
+        )
 
     def _id(self, word: str) -> int:
         if word not in self.words:
@@ -72,7 +77,7 @@ class FakeEngine:
         return [self._id(word) for word in text.split()]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return " ".join(self.words[i] for i in ids)
+        return " ".join(self.words[i] if i < len(self.words) else f"<{i}>" for i in ids)
 
     def render_chat(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] | None = None
@@ -216,6 +221,15 @@ class FakeEngine:
 
     def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Unit vectors of 4 components that depend on the ids (equal inputs, equal vectors)."""
+        vectors = []
+        for ids in inputs:
+            raw = [float(1 + sum(ids) % 7), float(len(ids)), 1.0, float(ids[0] % 3)]
+            norm = sum(x * x for x in raw) ** 0.5
+            vectors.append([x / norm for x in raw])
+        return vectors
 
     def stats(self) -> EngineStats:
         return EngineStats(

@@ -1,0 +1,75 @@
+"""Embeddings from the served model, and the tokenizer endpoints."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+
+from app.errors import APIError
+from app.schemas.embeddings import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from app.services.models import served_model
+from model_runtime import EngineClient, InvalidPrompt
+
+
+def _fit(vector: list[float], dimensions: int | None) -> list[float]:
+    """OpenAI's `dimensions`: the first d components, normalised again to unit length."""
+    if dimensions is None or dimensions == len(vector):
+        return vector
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in head)) or 1.0
+    return [x / norm for x in head]
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def create_embeddings(body: EmbeddingRequest, engine: EngineClient) -> EmbeddingResponse:
+    model = served_model(engine, body.model).id
+    inputs = [engine.encode(i) if isinstance(i, str) else i for i in body.inputs()]
+    vectors = await engine.embed(inputs)
+    width = len(vectors[0])
+    if body.dimensions is not None and body.dimensions > width:
+        raise APIError(
+            400,
+            f"'dimensions' must be at most {width} for this model, got {body.dimensions}.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    data = []
+    for index, vector in enumerate(vectors):
+        fitted = _fit(vector, body.dimensions)
+        data.append(
+            Embedding(index=index, embedding=_base64(fitted) if body.encoding_format == "base64" else fitted)
+        )
+    tokens = sum(len(i) for i in inputs)
+    return EmbeddingResponse(
+        data=data, model=model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+def tokenize(body: TokenizeRequest, engine: EngineClient) -> TokenizeResponse:
+    info = served_model(engine, body.model) if body.model is not None else engine.model_info
+    if body.messages is not None:
+        tokens = engine.render_chat([m.to_chat_message() for m in body.messages])
+    else:
+        tokens = engine.encode(body.prompt or "")
+    return TokenizeResponse(count=len(tokens), max_model_len=info.max_model_len, tokens=tokens)
+
+
+def detokenize(body: DetokenizeRequest, engine: EngineClient) -> DetokenizeResponse:
+    info = served_model(engine, body.model) if body.model is not None else engine.model_info
+    vocab = info.vocab_size
+    if any(not 0 <= t < vocab for t in body.tokens):
+        raise InvalidPrompt(f"token ids must be in [0, {vocab})", param="tokens")
+    return DetokenizeResponse(prompt=engine.decode(body.tokens))
