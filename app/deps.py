@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import engine_unavailable
+from app.image_store import ImageStore
 from app.request_context import RequestContext
 from app.request_engine import RequestEngine
 from app.settings import Settings
 from model_runtime import EngineClient
+from model_runtime.images import ImageClient
 
 
 def get_engine(request: Request) -> EngineClient:
@@ -31,5 +33,20 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_images(request: Request) -> ImageClient | None:
+    """The image runtime, or None when the server was started without an image model."""
+    images: ImageClient | None = getattr(request.app.state, "images", None)
+    if images is not None and not images.is_alive():
+        raise engine_unavailable()
+    return images
+
+
+def get_image_store(request: Request) -> ImageStore:
+    store: ImageStore = request.app.state.image_store
+    return store
+
+
 EngineDep = Annotated[EngineClient, Depends(get_engine)]
+ImagesDep = Annotated[ImageClient | None, Depends(get_images)]
+ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -13,14 +13,19 @@ from fastapi import FastAPI
 import model_runtime
 from app.admission import Admission
 from app.errors import install_error_handlers
+from app.image_runtime import start_image_worker
+from app.image_store import ImageStore
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.middleware import install_middleware
 from app.middleware.auth import load_api_keys
 from app.routers import chat, completions, embeddings, health, metrics, models, playground
+from app.routers import images as image_routes
+from app.services.models import ModelNotServed
 from app.settings import Settings, get_settings
 from app.watchdog import Watchdog
 from model_runtime import EngineClient, EngineConfig
+from model_runtime.images import ImageClient
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,14 @@ def _engine_lifespan(
         except BaseException:
             await _shutdown_quietly(engine)
             raise
+        try:
+            # The image pipeline loads on a thread of its own, apart from the engine's.
+            image_worker = await start_image_worker(settings)
+        except BaseException:
+            await _shutdown_quietly(engine)
+            raise
         app.state.engine = engine
+        app.state.images = image_worker
         app.state.lifecycle.mark_serving()
         watchdog = _start_watchdog(app, settings)
         try:
@@ -64,6 +76,9 @@ def _engine_lifespan(
         finally:
             await watchdog.stop()
             app.state.engine = None
+            app.state.images = None
+            if image_worker is not None:
+                await image_worker.shutdown()
             await engine.shutdown()
 
     return lifespan
@@ -110,9 +125,12 @@ def create_app(
     settings: Settings | None = None,
     engine: EngineClient | None = None,
     engine_config: EngineConfig | None = None,
+    images: ImageClient | None = None,
 ) -> FastAPI:
     """A given `engine` (tests, embedding) is used as is: the app neither starts nor stops it.
     Otherwise the lifespan builds an AsyncEngine from `engine_config`, or from `settings`.
+    Given `images` are likewise used as is; otherwise the lifespan that builds the engine also starts
+    the image worker `settings.image_model` names.
 
     Raises OSError or ValueError when `--api-key-file` cannot be read or holds no key."""
     settings = settings or get_settings()
@@ -128,6 +146,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.images = images
+    app.state.image_store = ImageStore()
     app.state.lifecycle = lifecycle = Lifecycle(settings.shutdown_timeout)
     app.state.admission = admission = Admission(
         settings.max_num_seqs + settings.max_queued_requests, settings.max_queued_tokens
@@ -137,6 +157,7 @@ def create_app(
     if engine is not None:
         lifecycle.mark_serving()
     install_error_handlers(app)
+    app.add_exception_handler(ModelNotServed, image_routes.model_not_served)
     install_middleware(app, settings, api_keys, lifecycle, admission, metrics_registry)
     for router in (
         models.router,
@@ -146,6 +167,7 @@ def create_app(
         health.router,
         metrics.router,
         playground.router,
+        image_routes.router,
     ):
         app.include_router(router)
     if not api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):

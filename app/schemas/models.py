@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from model_runtime import ModelInfo
+from model_runtime.images import ImageModelInfo
 
 
 class ModelCard(BaseModel):
@@ -16,7 +17,7 @@ class ModelCard(BaseModel):
     owned_by: str
 
     @classmethod
-    def of(cls, info: ModelInfo) -> ModelCard:
+    def of(cls, info: ModelInfo | ImageModelInfo) -> ModelCard:
         return cls(id=info.id, created=info.created, owned_by=info.owned_by)
 
 

@@ -1,14 +1,38 @@
-"""Which model ids this server answers to."""
+"""Which model ids this server answers to: one language model, and the image models beside it."""
 
 from __future__ import annotations
 
-from app.errors import model_not_found
+from app.errors import APIError, model_not_found
 from model_runtime import EngineClient, ModelInfo
+from model_runtime.images import ImageClient, ImageModelInfo
+
+
+class ModelNotServed(APIError):
+    """404 model_not_found from a language-model route. A handler of its own (see
+    `wrong_kind_or_not_found`) makes it a 400 when the id names one of the image models."""
+
+    def __init__(self, model: str) -> None:
+        error = model_not_found(model)
+        super().__init__(error.status_code, error.detail.message, param="model", code=error.detail.code)
+        self.model = model
 
 
 def served_model(engine: EngineClient, requested: str) -> ModelInfo:
     """The served model if `requested` names it, else 404 model_not_found (as OpenAI)."""
     info = engine.model_info
     if requested != info.id:
-        raise model_not_found(requested)
+        raise ModelNotServed(requested)
     return info
+
+
+def image_model_named(images: ImageClient | None, requested: str) -> ImageModelInfo | None:
+    return None if images is None else images.model(requested)
+
+
+def wrong_kind(model: str) -> APIError:
+    return APIError(
+        400,
+        f"The model `{model}` is an image model; use it with /v1/images/generations.",
+        param="model",
+        code="model_not_supported",
+    )
