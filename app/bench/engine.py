@@ -1,7 +1,13 @@
-"""`atenea bench engine`: the engine without HTTP, against `transformers.generate()` on the same model.
+"""`atenea bench engine`: the engine without HTTP, against transformers on the same model.
 
-Both sides get the same B random prompts of P tokens, generate exactly T tokens each (greedy, EOS
-ignored) and are timed in the same process on the same device and dtype, so the ratio is fair.
+Both sides get the same random prompts, generate exactly the same number of tokens per request
+(EOS ignored) and are timed in the same process on the same device and dtype, so the ratio is fair.
+Baselines: `generate()` on a static batch, and `generate_batch()`, transformers' own continuous
+batching. Workloads: `custom` (B prompts of P tokens, T new tokens each, greedy), `w1` (batch-1
+decode: 128 -> 256, greedy) and `w2` (offline throughput: 128 requests, prompt and output lengths
+uniform in [64, 512], temperature 0.8). Each run also reports the fraction of the decode roofline
+reached: the bytes a step must read (weights once, plus every running sequence's KV) over the
+measured copy bandwidth of the device.
 Torch is imported lazily: `atenea bench serve` must not pay for it.
 """
 
@@ -65,11 +71,17 @@ def make_prompts(
     batch_size: int, prompt_len: int, vocab_size: int, seed: int, exclude: Collection[int] = ()
 ) -> list[list[int]]:
     """B seeded random prompts; `exclude` keeps EOS ids out so nothing reads as an early end."""
+    return prompts_of_lengths([prompt_len] * batch_size, vocab_size, seed, exclude)
+
+
+def prompts_of_lengths(
+    lengths: Sequence[int], vocab_size: int, seed: int, exclude: Collection[int] = ()
+) -> list[list[int]]:
     rng = random.Random(seed)
     prompts = []
-    for _ in range(batch_size):
+    for length in lengths:
         prompt: list[int] = []
-        while len(prompt) < prompt_len:
+        while len(prompt) < length:
             token = rng.randrange(vocab_size)
             if token not in exclude:
                 prompt.append(token)
@@ -84,23 +96,29 @@ def ratio(numerator: float, denominator: float) -> float | None:
 def run_engine_batch(
     engine: StepEngine,
     prompts: Sequence[Sequence[int]],
-    params: SamplingParams,
+    params: SamplingParams | Sequence[SamplingParams],
     clock: Clock = time.perf_counter,
     on_step: Callable[[int], None] | None = None,
     prefix: str = "bench",
+    on_decode_step: Callable[[float], None] | None = None,
 ) -> RunTiming:
-    """Submits every prompt at once and steps until the engine is idle."""
+    """Submits every prompt at once (one `params` for all, or one each) and steps until idle."""
     ids = [f"{prefix}-{i}" for i in range(len(prompts))]
+    each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
     started = clock()  # adding requests is timed: a server pays for it too
-    for request_id, prompt in zip(ids, prompts, strict=True):
-        engine.add_request(request_id, prompt, params)
+    for request_id, prompt, p in zip(ids, prompts, each, strict=True):
+        engine.add_request(request_id, prompt, p)
     without_first_token = set(ids)
     decode_started: float | None = None
     total = decode_tokens = steps = 0
+    previous = started
     while engine.has_work():
         outputs = engine.step()
         steps += 1
         now = clock()
+        if decode_started is not None and on_decode_step is not None:
+            on_decode_step(now - previous)  # a step of the decode phase, which the roofline covers
+        previous = now
         new = 0
         for out in outputs:
             if out.error:
@@ -157,19 +175,44 @@ def _sync(device: torch.device) -> None:
 
 
 @dataclass(frozen=True)
+class Workload:
+    name: str
+    prompt_lens: list[int]
+    output_lens: list[int]
+    temperature: float
+    baselines: tuple[str, ...]  # the baselines it runs unless --baseline says otherwise
+
+
+def make_workload(args: argparse.Namespace) -> Workload:
+    if args.workload == "w1":
+        return Workload("w1", [128], [256], 0.0, ("generate",))
+    if args.workload == "w2":
+        rng = random.Random(args.seed)
+        n = args.requests
+        prompt_lens = [rng.randint(64, 512) for _ in range(n)]
+        output_lens = [rng.randint(64, 512) for _ in range(n)]
+        return Workload("w2", prompt_lens, output_lens, 0.8, ("generate_batch",))
+    b = args.batch_size
+    return Workload("custom", [args.prompt_len] * b, [args.max_tokens] * b, 0.0, ("generate",))
+
+
+@dataclass(frozen=True)
 class EngineRun:
     timing: RunTiming
-    prompts: list[list[int]]  # the timed prompts, for the baseline to reuse
+    prompts: list[list[int]]  # the timed prompts, for the baselines to reuse
     device: torch.device  # as the engine resolved "auto"
     dtype: torch.dtype
     pad_id: int
     half_weights: bool  # the engine's CPU linears keep fp16 weights (the baseline has fp32 ones)
+    decode_bytes: float  # weight and KV bytes the decode phase had to read
+    decode_seconds: float  # the decode phase's steps, timed one by one
 
 
-def bench_engine(args: argparse.Namespace, path: Path, served_name: str) -> EngineRun:
-    """Loads the engine, warms it up and times one batch. The engine is dropped on return."""
+def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
+    """Loads the engine, warms it up and times the workload. The engine is dropped on return."""
     from tqdm import tqdm
 
+    from app.bench.roofline import kv_bytes_per_token, weight_bytes
     from model_runtime.config import EngineConfig
     from model_runtime.engine import Engine
 
@@ -178,23 +221,52 @@ def bench_engine(args: argparse.Namespace, path: Path, served_name: str) -> Engi
         served_model_name=served_name,
         device=args.device,
         dtype=args.dtype,
-        max_num_seqs=max(args.batch_size, 64),
+        max_num_seqs=max(len(work.prompt_lens), 64) if args.max_num_seqs is None else args.max_num_seqs,
+        max_model_len=max(p + o for p, o in zip(work.prompt_lens, work.output_lens, strict=True)) + 16,
+        enforce_eager=args.enforce_eager,
     )
     engine = Engine(config)
     eos = engine.tokenizer.eos_token_ids
-    prompts = make_prompts(args.batch_size, args.prompt_len, engine.vocab_size, args.seed, eos)
+    prompts = prompts_of_lengths(work.prompt_lens, engine.vocab_size, args.seed, eos)
     # Warm-up prompts come from another seed so the prefix cache cannot serve the timed prefill.
-    warm = make_prompts(args.batch_size, args.prompt_len, engine.vocab_size, args.seed + 1, eos)
+    warm = prompts_of_lengths(work.prompt_lens[:64], engine.vocab_size, args.seed + 1, eos)
     print("engine: warming up", file=sys.stderr)
     run_engine_batch(
         engine, warm, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True), prefix="warm"
     )
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
-    total = args.batch_size * args.max_tokens
-    with tqdm(total=total, desc="engine", unit="tok", file=sys.stderr) as bar:
-        timing = run_engine_batch(engine, prompts, params, on_step=bar.update)
+    params = [
+        SamplingParams(temperature=work.temperature, max_tokens=n, ignore_eos=True) for n in work.output_lens
+    ]
+    shape = engine.model.shape
+    element = 2 if engine.half_weights else torch_element_size(engine.dtype)
+    step_weights = weight_bytes(shape, element)
+    per_token = kv_bytes_per_token(shape, torch_element_size(engine.dtype))
+    read = {"bytes": 0.0, "seconds": 0.0}
+
+    def on_decode_step(seconds: float) -> None:
+        context = sum(seq.num_tokens for seq in engine.scheduler.running)
+        read["bytes"] += step_weights + per_token * context
+        read["seconds"] += seconds
+
+    with tqdm(total=sum(work.output_lens), desc="engine", unit="tok", file=sys.stderr) as bar:
+        timing = run_engine_batch(engine, prompts, params, on_step=bar.update, on_decode_step=on_decode_step)
     pad_id = min(eos) if eos else 0
-    return EngineRun(timing, prompts, engine.device, engine.dtype, pad_id, engine.half_weights)
+    return EngineRun(
+        timing,
+        prompts,
+        engine.device,
+        engine.dtype,
+        pad_id,
+        engine.half_weights,
+        read["bytes"],
+        read["seconds"],
+    )
+
+
+def torch_element_size(dtype: torch.dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def bench_generate(
@@ -207,19 +279,10 @@ def bench_generate(
 ) -> RunTiming:
     """transformers' own generate() on a static batch: the peer every user already has."""
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
 
-    from model_runtime.models.random_models import has_random_weights
+    from app.bench.baselines import load_reference
 
-    transformers.logging.set_verbosity_error()  # generation-flag warnings would drown the table
-    if has_random_weights(path):
-        # Same shapes, its own random weights: the speed comparison is what counts here.
-        config = transformers.AutoConfig.from_pretrained(path)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = load_reference(path, device, dtype)
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
 
     def generate(new_tokens: int) -> torch.Tensor:
@@ -260,39 +323,65 @@ def _timing_line(name: str, t: RunTiming) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from app.bench.baselines import bench_generate_batch
+    from app.bench.roofline import copy_bandwidth
     from model_runtime import resolve_model
 
-    if min(args.batch_size, args.prompt_len, args.max_tokens) < 1:
-        raise SystemExit("--batch-size, --prompt-len and --max-tokens must be >= 1")
+    if min(args.batch_size, args.prompt_len, args.max_tokens, args.requests) < 1:
+        raise SystemExit("--batch-size, --prompt-len, --max-tokens and --requests must be >= 1")
     torch.set_num_threads(os.cpu_count() or 1)
+    work = make_workload(args)
     resolved = resolve_model(args.model)
-    measured = bench_engine(args, resolved.path, resolved.served_name)
+    measured = bench_engine(args, work, resolved.path, resolved.served_name)
     engine_t, device, dtype = measured.timing, measured.device, measured.dtype
-    # The engine holds its KV budget (most of a GPU); it must be gone before the baseline loads.
+    # The engine holds its KV budget (most of a GPU); it must be gone before the baselines load.
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    generate_t = None
-    if args.baseline == "generate":
-        generate_t = bench_generate(
-            resolved.path, measured.prompts, args.max_tokens, device, dtype, measured.pad_id
-        )
+    bandwidth = copy_bandwidth(device)
+    roofline = None
+    if measured.decode_seconds > 0:
+        roofline = measured.decode_bytes / bandwidth / measured.decode_seconds
+    baselines = {"default": work.baselines, "none": ()}.get(args.baseline, (args.baseline,))
+    results: dict[str, RunTiming] = {}
+    for name in baselines:
+        if name == "generate":
+            if len(set(work.output_lens)) != 1:
+                raise SystemExit("the generate baseline needs one output length for every request")
+            results[name] = bench_generate(
+                resolved.path, measured.prompts, work.output_lens[0], device, dtype, measured.pad_id
+            )
+        else:
+            results[name] = bench_generate_batch(
+                resolved.path, measured.prompts, work.output_lens, work.temperature, device, dtype
+            )
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     weights = " (engine: fp16 weights, fp32 arithmetic)" if measured.half_weights else ""
     print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}{weights}")
     print(f"model:    {resolved.served_name} ({resolved.path})")
-    print(f"work:     batch {args.batch_size} x prompt {args.prompt_len} -> {args.max_tokens} tokens each")
+    print(
+        f"work:     {work.name}: {len(work.prompt_lens)} requests, prompts {min(work.prompt_lens)}-"
+        f"{max(work.prompt_lens)} tokens -> {min(work.output_lens)}-{max(work.output_lens)} tokens, "
+        f"temperature {work.temperature}"
+    )
     print(_timing_line("engine:", engine_t))
-    speedup = decode_speedup = None
-    if generate_t is not None:
-        print(_timing_line("generate:", generate_t))
-        speedup = ratio(engine_t.tok_s, generate_t.tok_s)
-        decode_speedup = ratio(engine_t.decode_tok_s, generate_t.decode_tok_s)
-        print(f"engine / generate = {fmt(speedup)}x (decode only {fmt(decode_speedup)}x)")
+    print(
+        f"roofline: {fmt(roofline and 100 * roofline, 1)}% of the decode roofline "
+        f"(copy bandwidth {bandwidth / 1e9:.0f} GB/s)"
+    )
+    ratios: dict[str, float | None] = {}
+    for name, timing in results.items():
+        print(_timing_line(f"{name}:", timing))
+        ratios[name] = ratio(engine_t.tok_s, timing.tok_s)
+        print(f"engine / {name} = {fmt(ratios[name])}x")
     if args.json:
         write_json(
             args.json,
             {
+                "workload": work.name,
                 "device": device.type,
                 "device_name": device_name(device),
                 "dtype": str(dtype).removeprefix("torch."),
@@ -300,14 +389,17 @@ def run(args: argparse.Namespace) -> int:
                 "threads": torch.get_num_threads(),
                 "model": resolved.served_name,
                 "model_path": str(resolved.path),
-                "batch_size": args.batch_size,
-                "prompt_len": args.prompt_len,
-                "max_tokens": args.max_tokens,
+                "requests": len(work.prompt_lens),
+                "prompt_tokens": sum(work.prompt_lens),
+                "output_tokens": sum(work.output_lens),
+                "temperature": work.temperature,
                 "seed": args.seed,
+                "enforce_eager": args.enforce_eager,
                 "engine": engine_t.as_dict(),
-                "generate": generate_t.as_dict() if generate_t is not None else None,
-                "engine_over_generate": speedup,
-                "decode_engine_over_generate": decode_speedup,
+                "copy_bandwidth_gb_s": bandwidth / 1e9,
+                "decode_roofline_fraction": roofline,
+                "baselines": {name: t.as_dict() for name, t in results.items()},
+                "engine_over_baseline": ratios,
                 "torch": torch.__version__,
             },
         )
@@ -315,15 +407,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF folder or .gguf")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
-    parser.add_argument("--prompt-len", type=int, default=32, help="tokens in each random prompt")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per sequence")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="built-in name, HF folder, .gguf or random:NAME"
+    )
+    parser.add_argument(
+        "--workload",
+        choices=("custom", "w1", "w2"),
+        default="custom",
+        help="custom: the sizes below; w1: batch-1 decode 128 -> 256 greedy; w2: --requests requests, "
+        "prompt and output lengths uniform in [64, 512], temperature 0.8",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="custom: sequences generated together")
+    parser.add_argument("--prompt-len", type=int, default=32, help="custom: tokens in each random prompt")
+    parser.add_argument("--max-tokens", type=int, default=64, help="custom: tokens generated per sequence")
+    parser.add_argument("--requests", type=int, default=128, help="w2: number of requests")
     parser.add_argument(
         "--baseline",
-        choices=("generate", "none"),
-        default="generate",
-        help="also time transformers generate() on the same work, or nothing",
+        choices=("default", "generate", "generate_batch", "none"),
+        default="default",
+        help="transformers baseline timed on the same work: generate() (static batch), generate_batch() "
+        "(continuous batching), none; default: generate for custom and w1, generate_batch for w2",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     parser.add_argument(
@@ -332,7 +435,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="weight format, as `atenea serve --dtype`",
     )
-    parser.add_argument("--seed", type=int, default=0, help="for the random prompts")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="engine: sequences at once")
+    parser.add_argument("--enforce-eager", action="store_true", help="engine on CUDA: no CUDA graphs")
+    parser.add_argument("--seed", type=int, default=0, help="for the random prompts and lengths")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 
 

@@ -1,0 +1,138 @@
+"""The runtime on a CUDA device: the Triton decode kernel, CUDA graphs, parity with transformers,
+and a loaded engine that never produces NaN/inf. Run by scripts/gpu_check.sh (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from model_runtime.api import SamplingParams
+from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
+from model_runtime.kv_cache import BlockManager
+from model_runtime.model_runner import ModelRunner
+from model_runtime.models.loader import build_model
+from model_runtime.scheduler import Batch, ScheduledChunk
+from model_runtime.sequence import Sequence
+from tests.model_runtime.test_block_table_decode import random_cache
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+BF16_LOGIT_TOL = 0.1  # bf16 keeps 8 bits of mantissa: logits of magnitude ~5 move by a few 1e-2
+
+
+def tiny_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=257,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+
+
+def native_and_reference(dtype: torch.dtype, cuda_graphs: bool) -> tuple[ModelRunner, LlamaForCausalLM]:
+    torch.manual_seed(0)
+    config = tiny_config()
+    reference = LlamaForCausalLM(config).eval().to(CUDA)
+    model = build_model(config, CUDA, dtype)
+    model.load_hf_weights(reference.state_dict().items())
+    runner = ModelRunner(model, num_blocks=64, block_size=16, max_model_len=512, max_num_seqs=8,
+                         cuda_graphs=cuda_graphs)  # fmt: skip
+    return runner, reference
+
+
+def greedy(runner: ModelRunner, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Prefill each prompt, then decode all of them together, argmax every step."""
+    blocks = BlockManager(runner.num_blocks, runner.block_size)
+    seqs = []
+    for i, prompt in enumerate(prompts):
+        seq = Sequence(f"r{i}", list(prompt), len(prompt), SamplingParams(), max_total_tokens=512)
+        blocks.allocate(seq, len(prompt))
+        logits, _ = runner.run(Batch(prefills=[ScheduledChunk(seq, 0, len(prompt))]))
+        seq.token_ids.append(int(logits[0].argmax()))
+        seqs.append(seq)
+    for _ in range(new_tokens - 1):
+        for seq in seqs:
+            blocks.allocate(seq, seq.num_tokens)
+        logits, _ = runner.run(Batch(decodes=[ScheduledChunk(s, s.num_tokens - 1, 1) for s in seqs]))
+        assert torch.isfinite(logits).all()
+        for seq, token in zip(seqs, logits.argmax(dim=-1).tolist(), strict=True):
+            seq.token_ids.append(token)
+    return [s.token_ids[s.num_prompt_tokens :] for s in seqs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(32, 32, 128), (32, 8, 128), (9, 3, 64)])
+def test_kernel_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, dim: int) -> None:
+    lengths = [1, 15, 16, 17, 64, 65, 300, 1000]
+    q, keys, values, tables, lens = (
+        t.to(CUDA) for t in random_cache(heads, kv_heads, dim, lengths, seed=2)
+    )
+    q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
+    out = paged_decode(q, keys, values, tables, lens, 16, dim**-0.5)
+    expected = paged_decode_reference(q.float(), keys.float(), values.float(), tables, lens, 16, dim**-0.5)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_greedy_output_equals_transformers_fp32(cuda_graphs: bool) -> None:
+    runner, reference = native_and_reference(torch.float32, cuda_graphs)
+    assert (runner.graphs is not None) == cuda_graphs
+    prompts = [torch.randint(0, 257, (n,)).tolist() for n in (5, 23, 40)]
+    ours = greedy(runner, prompts, 64)
+    for prompt, tokens in zip(prompts, ours, strict=True):
+        with torch.inference_mode():
+            out = reference.generate(
+                torch.tensor([prompt], device=CUDA), do_sample=False, max_new_tokens=64, min_new_tokens=64
+            )
+        assert tokens == out[0, len(prompt) :].tolist()
+
+
+def test_bf16_logits_agree_with_fp32_reference_within_tolerance() -> None:
+    runner, reference = native_and_reference(torch.bfloat16, cuda_graphs=True)
+    prompt = torch.randint(0, 257, (37,)).tolist()
+    blocks = BlockManager(runner.num_blocks, runner.block_size)
+    seq = Sequence("r", list(prompt), len(prompt), SamplingParams(), max_total_tokens=512)
+    blocks.allocate(seq, len(prompt))
+    logits, _ = runner.run(Batch(prefills=[ScheduledChunk(seq, 0, len(prompt))]))
+    with torch.inference_mode():
+        expected = reference(torch.tensor([prompt], device=CUDA)).logits[0, -1].float()
+    assert (logits[0] - expected).abs().max().item() < BF16_LOGIT_TOL
+
+
+def test_graph_replay_equals_eager_for_every_bucket() -> None:
+    graphs, _ = native_and_reference(torch.bfloat16, cuda_graphs=True)
+    eager, _ = native_and_reference(torch.bfloat16, cuda_graphs=False)
+    prompts = [torch.randint(0, 257, (n,)).tolist() for n in (3, 9, 17, 33, 2)]  # 5 rows: bucket 8
+    assert greedy(graphs, prompts, 16) == greedy(eager, prompts, 16)
+
+
+def test_loaded_engine_stays_finite_and_returns_every_block() -> None:
+    from model_runtime import resolve_model
+    from model_runtime.config import EngineConfig
+    from model_runtime.engine import Engine
+
+    path = resolve_model("random:smollm2-135m").path
+    engine = Engine(EngineConfig(model_path=path, served_model_name="random", max_num_seqs=64))
+    run = engine.runner.run
+
+    def checked(batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
+        logits, chunks = run(batch)
+        assert torch.isfinite(logits).all()
+        return logits, chunks
+
+    engine.runner.run = checked  # type: ignore[method-assign]
+    for i in range(96):
+        params = SamplingParams(temperature=0.8, max_tokens=32 + i % 64, ignore_eos=True)
+        engine.add_request(f"r{i}", list(range(10, 10 + 20 + i * 3)), params)
+    finished = 0
+    while engine.has_work():
+        for out in engine.step():
+            assert out.error is None
+            finished += out.finish_reason is not None
+    assert finished == 96
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
