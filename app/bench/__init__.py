@@ -50,17 +50,18 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `bench serve` and `bench engine` to the `atenea` command.
+    """Adds `bench serve`, `bench engine` and `bench images` to the `atenea` command.
 
     Each leaf parser sets `func`, a callable taking the parsed namespace and returning an exit code.
     """
     # Imported here: the submodules import this module's helpers.
-    from app.bench import engine, serve
+    from app.bench import engine, images, serve
 
     bench = subparsers.add_parser("bench", help="benchmark a running server or the engine")
-    tools = bench.add_subparsers(dest="bench_command", metavar="{serve,engine}", required=True)
+    tools = bench.add_subparsers(dest="bench_command", metavar="{serve,engine,images}", required=True)
     serve.register(tools)
     engine.register(tools)
+    images.register(tools)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
