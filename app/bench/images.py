@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model_runtime.images import DEFAULT_IMAGE_MODEL
 
     parser.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="built-in name, folder or file")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     parser.add_argument("-c", "--concurrency", type=int, default=8, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind, alternating")
     parser.add_argument("--size", default=None, help="WxH; unset: the model's default")
