@@ -15,7 +15,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models(client: OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    # The built-in image model is listed after the language model.
+    assert [m.id for m in models.data] == [MODEL, "atenea-shapes"]
     model = client.models.retrieve(MODEL)
     assert model.id == MODEL and model.object == "model" and model.owned_by
     with pytest.raises(openai.NotFoundError) as err:
