@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"atenea serve: invalid option: {exc}") from exc
 
     # Imported here: `atenea --help` should not pay for the web stack.
+    from app.image_runtime import resolved_image_model
     from app.logs import configure_logging
     from app.main import create_app, engine_config_from_settings
     from app.server import serve
@@ -101,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         engine_config = engine_config_from_settings(settings)
     except ValueError as exc:  # resolve_model's answer to a model spec it cannot serve
         raise SystemExit(f"atenea serve: cannot serve model {settings.model!r}: {exc}") from exc
+    try:
+        resolved_image_model(settings)  # refuse a bad --image-model before loading anything
+    except ValueError as exc:
+        raise SystemExit(f"atenea serve: cannot serve image model {settings.image_model!r}: {exc}") from exc
     try:
         app = create_app(settings, engine_config=engine_config)
     except (OSError, ValueError) as exc:  # an unreadable or empty --api-key-file
