@@ -93,8 +93,8 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
                 assert source not in ignored and (REPO_ROOT / source).exists(), source
 
 
-def test_the_package_carries_the_playground(tmp_path: Path) -> None:
-    """`pip install .` in the image must install the playground's static files."""
+def test_the_package_carries_its_data_files(tmp_path: Path) -> None:
+    """`pip install .` in the image must install the playground and the built-in image models."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
          str(REPO_ROOT)],
@@ -107,3 +107,7 @@ def test_the_package_carries_the_playground(tmp_path: Path) -> None:
     assert {
         f"app/static/playground/{name}" for name in ("index.html", "playground.js", "playground.css")
     } <= names
+    # The built-in image models are served from the package too: every file of theirs is in it.
+    builtin = REPO_ROOT / "model_runtime" / "images" / "builtin"
+    shipped = {p.relative_to(REPO_ROOT).as_posix() for p in builtin.rglob("*") if p.is_file()}
+    assert {name for name in shipped if "__pycache__" not in name} <= names
