@@ -34,10 +34,10 @@ async def start_image_worker(settings: Settings) -> AsyncImageWorker | None:
         logger.info("image generation is off (--image-model none)")
         return None
     logger.info("starting the image worker for %s (%s)", resolved.served_name, resolved.path)
-    device = settings.device
+    device, threads = settings.device, settings.image_cpu_threads
 
     def load() -> dict:
-        model = load_image_model(resolved, device)
+        model = load_image_model(resolved, device, cpu_threads=threads)
         return {model.info.id: model}
 
     worker = AsyncImageWorker(load, ImageWorkerConfig(max_batch_images=settings.image_max_batch_size))

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     image_max_batch_size: int = Field(
         16, ge=1, description="images generated together in one pipeline call at most"
     )
+    image_cpu_threads: int | None = Field(
+        None, ge=1, description="CPU threads for image generation; unset: half the cores"
+    )
     log_level: LogLevel = Field("info", description="logging level")
     log_format: LogFormat = Field("text", description="log lines as text or as one JSON object each")
     log_content: bool = Field(

@@ -56,8 +56,6 @@ async def all_at_once(worker: Any, model: str, params: list[Any]) -> Round:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     from app.bench.engine import device_name
     from model_runtime.images import (
         AsyncImageWorker,
@@ -68,14 +66,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         resolve_image_model,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     resolved = resolve_image_model(args.image_model)
     holder: dict[str, Any] = {}
 
     def load() -> dict[str, Any]:
-        model = load_image_model(resolved, args.device)
-        holder["model"] = model
+        model = load_image_model(resolved, args.device, cpu_threads=args.threads)
+        holder["device"] = device_name(model.device)  # on the worker thread: its thread count
         return {model.info.id: model}
 
     worker = AsyncImageWorker(load, ImageWorkerConfig(max_batch_images=args.concurrency, gather_s=0.005))
@@ -101,7 +97,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     bat = statistics.median(r.images_per_s for r in batched)
     return {
         "model": info.id,
-        "device": device_name(holder["model"].device),
+        "device": holder["device"],
         "size": str(size),
         "steps": steps,
         "concurrency": args.concurrency,
@@ -139,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind, alternating")
     parser.add_argument("--size", default=None, help="WxH; unset: the model's default")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps; unset: the model's default")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads; unset: torch's default")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads; unset: half the cores")
     parser.add_argument("--json", default=None, help="also write the results to this file")
 
 

@@ -61,13 +61,23 @@ def builtin_names() -> list[str]:
 
 
 def load_image_model(
-    resolved: ResolvedImageModel, device: str = "auto", served_name: str | None = None
+    resolved: ResolvedImageModel,
+    device: str = "auto",
+    served_name: str | None = None,
+    cpu_threads: int | None = None,
 ) -> DiffusersImageModel:
-    """Loads the pipeline onto the device: fp16 on CUDA, fp32 on CPU. Blocking."""
+    """Loads the pipeline onto the device: fp16 on CUDA, fp32 on CPU. Blocking.
+
+    Call it on the thread that will run the model: on a CPU it sets that thread's torch threads
+    (OpenMP's count is per calling thread), by default half the cores, so image work and the text
+    engine's thread share the cores instead of oversubscribing them; two thread teams spinning on
+    the same cores stall each other badly."""
     import torch
 
     on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     target = torch.device("cuda" if on_cuda else "cpu")
+    if target.type == "cpu":
+        torch.set_num_threads(cpu_threads or max(1, torch.get_num_threads() // 2))
     dtype = torch.float16 if target.type == "cuda" else torch.float32
     started = time.perf_counter()
     pipeline = (
@@ -87,10 +97,11 @@ def load_image_model(
     )
     guidance = meta.get("guidance_scale")
     log.info(
-        "image model %s loaded from %s on %s in %.1fs; sizes %s",
+        "image model %s loaded from %s on %s (%d threads) in %.1fs; sizes %s",
         info.id,
         resolved.path,
         target,
+        torch.get_num_threads(),
         time.perf_counter() - started,
         ", ".join(map(str, info.sizes)),
     )
