@@ -109,7 +109,8 @@ class RequestEngine:
                 except TimeoutError:
                     # The cancelled wait has closed the engine's generator, which aborted the
                     # sequence and freed its KV blocks.
-                    raise ended_error(context.timed_out_reason()) from None
+                    context.end_reason = context.timed_out_reason()
+                    raise ended_error(context.end_reason) from None
                 now = time.perf_counter()
                 if output.token_ids:
                     if first:

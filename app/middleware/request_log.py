@@ -3,6 +3,7 @@ it in the metrics by route and status, and writes its one log line when it ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,6 +17,7 @@ from app.request_context import (
     reset_current_request,
     set_current_request,
 )
+from app.responses import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger("atenea.requests")
 
@@ -47,7 +49,7 @@ class RequestLogMiddleware:
             output_parts=[] if self.log_content else None,
         )
         scope.setdefault("state", {})["context"] = context
-        status = 500  # what the client sees if the app fails before it answers
+        status: int | None = None
         header = (REQUEST_ID_HEADER, context.request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -60,7 +62,15 @@ class RequestLogMiddleware:
         token = set_current_request(context)
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            status = status or CLIENT_CLOSED_REQUEST  # cancelled: nobody is waiting for an answer
+            raise
+        except BaseException:
+            status = status or 500  # the server's error handler answers 500
+            raise
         finally:
+            # No answer and no error: the client left before one was sent.
+            status = status or CLIENT_CLOSED_REQUEST
             route = scope.get("route")
             context.route = getattr(route, "path", None) or UNMATCHED_ROUTE
             duration = time.perf_counter() - context.started
