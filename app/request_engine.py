@@ -78,7 +78,8 @@ class RequestEngine:
         self._engine.validate(prompt_token_ids, params)
         # Valid: it may now be queued, so it is what the token bound counts.
         budget = params.max_tokens or max(self.model_info.max_model_len - len(prompt_token_ids), 0)
-        self._admission.reserve_tokens(self._context, len(prompt_token_ids) + budget)
+        # The prompt is held once (its blocks are shared), each of the n samples has its own budget.
+        self._admission.reserve_tokens(self._context, len(prompt_token_ids) + budget * params.n)
 
     def abort(self, request_id: str) -> None:
         self._engine.abort(request_id)

@@ -1,5 +1,5 @@
-"""Sentence embeddings from the served model: the final hidden states of a text, mean-pooled and
-L2-normalised.
+"""Whole-text passes of the served model outside the generation batch: sentence embeddings (the
+final hidden states, mean-pooled and L2-normalised) and the log-probabilities of a prompt's tokens.
 
 The text runs through the same layers as generation, with a scratch KV cache of its own length, so
 it takes none of the engine's blocks. Attention is causal (the model's own), so each position sees
@@ -15,9 +15,36 @@ import torch.nn.functional as F
 from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
 from model_runtime.models.llama import LlamaModel
 
+LOGIT_ROWS = 256  # prompt positions turned into logits at once: bounds the [rows, V] buffer
+
 
 @torch.inference_mode()
 def embed(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:  # [hidden] float32, unit norm
+    return F.normalize(hidden_states(model, token_ids).float().mean(dim=0), dim=0)
+
+
+@torch.inference_mode()
+def prompt_logprobs(
+    model: LlamaModel, token_ids: list[int], k: int
+) -> list[tuple[float, list[tuple[int, float]]]]:
+    """For each prompt token after the first: its log-probability given the tokens before it, and
+    the `k` most likely tokens at that position (the model's raw distribution)."""
+    hidden = hidden_states(model, token_ids)  # [T, hidden]
+    targets = torch.tensor(token_ids[1:], dtype=torch.long, device=hidden.device)
+    out: list[tuple[float, list[tuple[int, float]]]] = []
+    for start in range(0, len(token_ids) - 1, LOGIT_ROWS):
+        rows = slice(start, min(start + LOGIT_ROWS, len(token_ids) - 1))
+        logp = torch.log_softmax(model.lm_head(hidden[rows]).float(), dim=-1)  # [R, V]
+        chosen = logp.gather(1, targets[rows][:, None]).squeeze(1).tolist()
+        values, ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+        for lp, top_v, top_i in zip(chosen, values.tolist(), ids.tolist(), strict=True):
+            out.append((lp, list(zip(top_i, top_v, strict=True))))
+    return out
+
+
+def hidden_states(
+    model: LlamaModel, token_ids: list[int]
+) -> torch.Tensor:  # [T, hidden], after the final norm
     param = next(model.parameters())
     device = param.device
     dtype = model.embed_tokens.weight.dtype
@@ -43,5 +70,4 @@ def embed(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:  # [hidden] 
     cos, sin = model.rope(torch.arange(t, device=device), x.dtype)
     for layer, cache in zip(model.layers, caches, strict=True):
         x = layer(x, cos, sin, cache, meta)
-    pooled = model.norm(x).float().mean(dim=0)
-    return F.normalize(pooled, dim=0)
+    return model.norm(x)

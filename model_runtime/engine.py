@@ -23,10 +23,12 @@ from model_runtime.api import (
     ModelInfo,
     RequestOutput,
     SamplingParams,
+    TokenLogprob,
     ToolSpec,
+    TopLogprob,
 )
 from model_runtime.config import EngineConfig
-from model_runtime.embedder import embed
+from model_runtime.embedder import embed, prompt_logprobs
 from model_runtime.grammar import GrammarEngine, grammar_of
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
@@ -129,7 +131,10 @@ class Engine:
         if self.device.type == "cuda" and self.config.kv_cache_memory_gib is None:
             # Measured after a full-size step, so the activations of a long prefill keep room.
             peak = profile_activation_bytes(
-                self.model, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.config.block_size
+                self.model,
+                self.config.max_num_batched_tokens,
+                self.config.max_num_seqs,
+                self.config.block_size,
             )
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - peak - (1 - self.config.gpu_memory_utilization) * total
@@ -192,6 +197,7 @@ class Engine:
         max_total = min(len(prompt_token_ids) + (params.max_tokens or self.max_model_len), self.max_model_len)
         grammar = grammar_of(params.constraint) if params.constraint is not None else None
         group = RequestGroup(states=[], unfinished=params.n)
+        prompt_entries = self._prompt_logprobs(prompt_token_ids, params.prompt_logprobs)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -217,11 +223,30 @@ class Engine:
                     self.tokenizer.token_text,
                 )
             )
+            group.states[-1].prompt_logprobs = prompt_entries
             if index == 0:
                 self.scheduler.add(seq)
             else:
                 group.held.append(seq)
         self.requests[request_id] = group
+
+    def _prompt_logprobs(self, prompt: Seq[int], k: int | None) -> list[TokenLogprob] | None:
+        """The prompt's tokens with their logprobs (`echo` with `logprobs`), text pieces that
+        concatenate to the prompt's text; computed by a pass of its own over the prompt."""
+        if k is None:
+            return None
+        ids = list(prompt)
+        detokenizer = self.tokenizer.detokenizer()
+        pieces = [detokenizer.add(t) for t in ids]
+        pieces[-1] += detokenizer.flush()
+        text_of, bytes_of = self.tokenizer.token_text, self.tokenizer.token_bytes
+        entries = [TokenLogprob(ids[0], pieces[0], bytes_of(ids[0]), None)]
+        for token, piece, (lp, top) in zip(
+            ids[1:], pieces[1:], prompt_logprobs(self.model, ids, k), strict=True
+        ):
+            alternatives = tuple(TopLogprob(i, text_of(i), bytes_of(i), v) for i, v in top)
+            entries.append(TokenLogprob(token, piece, bytes_of(token), lp, alternatives))
+        return entries
 
     def abort(self, request_id: str) -> list[RequestOutput]:
         group = self.requests.pop(request_id, None)

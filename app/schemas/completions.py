@@ -47,17 +47,6 @@ class CompletionRequest(GenerationRequest):
             raise unsupported("best_of", "null or the value of 'n'")
         return best_of
 
-    @field_validator("echo")
-    @classmethod
-    def _check_echo(cls, echo: bool | None, info: ValidationInfo) -> bool | None:
-        if echo and info.data.get("logprobs") is not None:
-            raise PydanticCustomError(
-                "unsupported_parameter",
-                "'echo' together with 'logprobs' (log-probabilities of the prompt) is not supported "
-                "by this server; send one of them.",
-            )
-        return echo
-
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, prompt: Prompt) -> Prompt:
@@ -81,7 +70,9 @@ class CompletionRequest(GenerationRequest):
         return list(prompt)  # type: ignore[arg-type]  # list[str] or list[list[int]]
 
     def to_sampling_params(self) -> SamplingParams:
-        return self.sampling_params(self.max_tokens, logprobs=self.logprobs)
+        # With echo, the prompt's tokens get logprobs too (all but the first, which nothing predicts).
+        prompt_logprobs = self.logprobs if self.echo else None
+        return self.sampling_params(self.max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
 
 
 class CompletionChoice(BaseModel):

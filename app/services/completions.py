@@ -16,8 +16,9 @@ from app.errors import server_error
 from app.responses import DONE, client_gone, error_event, json_response, sse_response
 from app.schemas.common import Usage
 from app.schemas.completions import CompletionChoice, CompletionRequest, CompletionResponse
-from app.schemas.logprobs import completion_logprobs
+from app.schemas.logprobs import CompletionLogprobs, completion_logprobs
 from app.services.generation import (
+    Completion,
     Job,
     as_api_error,
     check_output,
@@ -95,9 +96,7 @@ async def create_completion(body: CompletionRequest, engine: EngineClient, reque
             CompletionChoice(
                 text=echoes[c.job] + c.text,
                 index=c.job * params.n + c.index,
-                logprobs=completion_logprobs(c.logprobs, len(echoes[c.job]))
-                if c.logprobs is not None
-                else None,
+                logprobs=_logprobs(c, echoes[c.job]),
                 finish_reason=c.finish_reason,
             )
             for c in completions
@@ -105,6 +104,14 @@ async def create_completion(body: CompletionRequest, engine: EngineClient, reque
         usage=Usage.of(prompt_tokens, completion_tokens),
     )
     return json_response(response)
+
+
+def _logprobs(c: Completion, echo: str) -> CompletionLogprobs | None:
+    if c.logprobs is None:
+        return None
+    if echo and c.prompt_logprobs is not None:
+        return completion_logprobs([*c.prompt_logprobs, *c.logprobs])
+    return completion_logprobs(c.logprobs, len(echo))
 
 
 async def _events(
@@ -123,9 +130,13 @@ async def _events(
                 if index not in offsets:
                     offsets[index] = 0
                     if echoes[job]:
-                        yield stream.chunk(
-                            [CompletionChoice(text=echoes[job], index=index, finish_reason=None)]
+                        prompt_lp = None
+                        if output.prompt_logprobs is not None:
+                            prompt_lp = completion_logprobs(output.prompt_logprobs)
+                        echo = CompletionChoice(
+                            text=echoes[job], index=index, logprobs=prompt_lp, finish_reason=None
                         )
+                        yield stream.chunk([echo])
                         offsets[index] = len(echoes[job])
                 if output.text or output.logprobs:
                     logprobs = None

@@ -177,6 +177,7 @@ class FakeEngine:
                         completion_tokens=n,
                         index=index,
                         logprobs=self._logprobs(piece, token, params),
+                        prompt_logprobs=self._prompt_logprobs(prompt, params) if n == 1 else None,
                     )
             if not finished:
                 for index in range(params.n):
@@ -188,6 +189,16 @@ class FakeEngine:
         finally:
             if not finished:
                 self.closed_early.append(request_id)
+
+    def _prompt_logprobs(self, prompt: list[int], params: SamplingParams) -> list[TokenLogprob] | None:
+        """Prompt words (space-joined as `decode` joins them) at -1, the first without a logprob."""
+        if params.prompt_logprobs is None:
+            return None
+        entries = []
+        for i, token in enumerate(prompt):
+            text = self.words[token] if i == 0 else " " + self.words[token]
+            entries.append(TokenLogprob(token, text, text.encode(), None if i == 0 else -1.0))
+        return entries
 
     @staticmethod
     def _logprobs(piece: str, token: int, params: SamplingParams) -> list[TokenLogprob] | None:

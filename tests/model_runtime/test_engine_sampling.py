@@ -168,3 +168,23 @@ def test_a_complete_grammar_ends_the_output_even_with_ignore_eos(tiny_model_path
     outs = run_all(engine)["a"]
     assert outs[-1].finish_reason is FinishReason.STOP
     assert json.loads("".join(o.text for o in outs)) in ({"a": True}, {"a": False})
+
+
+def test_prompt_logprobs_match_transformers(tiny_model_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    engine = make_engine(tiny_model_path, dtype="float32")
+    prompt = prompts(1, seed=9)[0]
+    engine.add_request("a", prompt, SamplingParams(max_tokens=2, ignore_eos=True, prompt_logprobs=2))
+    outs = run_all(engine)["a"]
+    entries = outs[0].prompt_logprobs
+    assert entries is not None and all(o.prompt_logprobs is None for o in outs[1:])
+    assert [e.token_id for e in entries] == prompt and entries[0].logprob is None
+    assert "".join(e.token for e in entries) == engine.tokenizer.decode(prompt)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(reference(torch.tensor([prompt])).logits[0], dim=-1)
+    for i, entry in enumerate(entries[1:]):
+        assert entry.logprob == pytest.approx(float(logp[i, prompt[i + 1]]), abs=1e-3)
+        assert [t.token_id for t in entry.top] == logp[i].topk(2).indices.tolist()
