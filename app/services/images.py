@@ -100,6 +100,7 @@ async def create_images(
 
     output_format: OutputFormat = body.output_format or "png"
     encoded = await asyncio.to_thread(encode_all, result.images, output_format, body.output_compression)
+    request.app.state.metrics.count_images(len(encoded))
     if (body.response_format or "url") == "b64_json":
         data = [
             ImageData(b64_json=base64.b64encode(blob).decode("ascii"), revised_prompt=params.prompt)
