@@ -22,7 +22,8 @@ from model_runtime.api import (
 )
 from model_runtime.config import EngineConfig
 from model_runtime.tool_calls import (
-    CallPiece,
+    CallArguments,
+    CallStart,
     ContentPiece,
     ParsedCall,
     ToolCallParser,
@@ -32,7 +33,8 @@ from model_runtime.tool_calls import (
 
 __all__ = [
     "AsyncEngine",
-    "CallPiece",
+    "CallArguments",
+    "CallStart",
     "ContentPiece",
     "ParsedCall",
     "ToolCallParser",

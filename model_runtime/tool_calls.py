@@ -17,7 +17,9 @@ accept only system/user/assistant).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,12 +53,12 @@ def fallback_tools_prompt(tools: Sequence[ToolSpec]) -> str:
     )
 
 
-def format_call(name: str, arguments: str) -> str:
-    """One call as the model writes it; `arguments` is the JSON text a client sent back."""
-    try:
-        args: Any = json.loads(arguments)
-    except ValueError:
-        args = arguments
+def format_call(name: str, arguments: Any) -> str:
+    """One call as the model writes it; `arguments` is an object, or the JSON text of one."""
+    args = arguments
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):  # not JSON: kept as the string the client sent
+            args = json.loads(arguments)
     body = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
     return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
 
@@ -69,7 +71,7 @@ def with_fallback_tools(messages: Sequence[ChatMessage], tools: Sequence[ToolSpe
         calls = extra.pop("tool_calls", None)
         if message.role == "assistant" and isinstance(calls, list) and calls:
             text = "\n".join(
-                format_call(str(c["function"]["name"]), str(c["function"]["arguments"])) for c in calls
+                format_call(str(c["function"]["name"]), c["function"]["arguments"]) for c in calls
             )
             content = f"{message.content}\n{text}" if message.content else text
             out.append(ChatMessage("assistant", content, extra))
@@ -122,6 +124,24 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+# The start of a call written name first, as the grammar writes it and models mostly do: from here
+# on the arguments can be streamed as they are generated.
+_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)')
+# Held back while a call's arguments stream: the outer object's "}" and the closing tag may follow.
+_HOLD = len("}\n" + CALL_CLOSE) + 2
+
+
+def _raw_arguments(body: str) -> str | None:
+    """The arguments exactly as written, for a name-first call; None for any other layout."""
+    head = _CALL_HEAD.match(body)
+    if head is None:
+        return None
+    rest = body[head.end() :].rstrip()
+    if not rest.endswith("}"):
+        return None
+    return rest[:-1].rstrip()
+
+
 def parse_call(body: str) -> ParsedCall | None:
     """The JSON between the tags; None when it is not a call (the text then stays content)."""
     try:
@@ -131,17 +151,33 @@ def parse_call(body: str) -> ParsedCall | None:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
-    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    raw = _raw_arguments(body)
+    if raw is not None:
+        text = raw  # as generated, so a streamed call and a whole one read the same
+    else:
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
     return ParsedCall(new_call_id(), value["name"], text)
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
     """A finished output -> (content outside the calls or None, the calls)."""
-    parser = ToolCallParser()
-    events = parser.feed(text) + parser.finish()
-    content = "".join(e.text for e in events if isinstance(e, ContentPiece))
-    calls = [e.call for e in events if isinstance(e, CallPiece)]
-    return (content.strip() or None) if calls else content, calls
+    content: list[str] = []
+    calls: list[ParsedCall] = []
+    rest = text
+    while (start := rest.find(CALL_OPEN)) >= 0:
+        end = rest.find(CALL_CLOSE, start)
+        if end < 0:
+            break
+        call = parse_call(rest[start + len(CALL_OPEN) : end].strip())
+        content.append(rest[:start] if call is not None else rest[: end + len(CALL_CLOSE)])
+        if call is not None:
+            calls.append(call)
+        rest = rest[end + len(CALL_CLOSE) :]
+        if call is not None:
+            rest = rest.lstrip("\n")
+    content.append(rest)
+    joined = "".join(content)
+    return (joined.strip() or None) if calls else joined, calls
 
 
 @dataclass(frozen=True)
@@ -150,29 +186,51 @@ class ContentPiece:
 
 
 @dataclass(frozen=True)
-class CallPiece:
+class CallStart:
     index: int
-    call: ParsedCall
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class CallArguments:
+    index: int
+    text: str  # the next fragment of the call's arguments (JSON text)
+
+
+StreamEvent = ContentPiece | CallStart | CallArguments
 
 
 class ToolCallParser:
-    """Splits streamed text into content and complete calls.
+    """Splits streamed text into content and calls, as OpenAI streams them.
 
-    Text that could be the start of `<tool_call>` is held back until it is known not to be; a call
-    is reported once its closing tag arrives (its arguments go out in one piece). An unclosed or
-    unparsable call is given back as content at the end, so no text is ever lost.
+    Text that could be the start of `<tool_call>` is held back until it is known not to be. A call
+    written name first is announced as soon as its name is complete and its arguments then follow
+    in fragments as they are generated (the last few characters are held back: the object's
+    closing brace and the closing tag may follow); a call in another layout is sent whole once its
+    closing tag arrives. A body that is not a call, or a call never closed, is given back as
+    content, so no text is ever lost.
     """
 
     def __init__(self) -> None:
-        self._buffer = ""
+        self._buffer = ""  # outside a call: text not yet sent; inside: the call's body so far
         self._in_call = False
         self._calls = 0
+        self._started = False  # the current call has been announced
+        self._args_start = 0  # where its arguments begin in the body
+        self._args_sent = 0  # how much of the body, from there, has gone out
+        self._after_call = False  # the newline between two calls is not content
 
-    def feed(self, text: str) -> list[ContentPiece | CallPiece]:
+    def feed(self, text: str) -> list[StreamEvent]:
         self._buffer += text
-        events: list[ContentPiece | CallPiece] = []
+        events: list[StreamEvent] = []
         while True:
             if not self._in_call:
+                if self._after_call:
+                    self._buffer = self._buffer.lstrip("\n")
+                    if not self._buffer:
+                        return events
+                    self._after_call = False
                 start = self._buffer.find(CALL_OPEN)
                 if start < 0:
                     keep = _partial_suffix(self._buffer, CALL_OPEN)
@@ -183,30 +241,55 @@ class ToolCallParser:
                     return events
                 if start:
                     events.append(ContentPiece(self._buffer[:start]))
-                self._buffer = self._buffer[start:]
-                self._in_call = True
+                self._buffer = self._buffer[start + len(CALL_OPEN) :]
+                self._in_call, self._started = True, False
             end = self._buffer.find(CALL_CLOSE)
+            body = self._buffer if end < 0 else self._buffer[:end]
+            if not self._started and (head := _CALL_HEAD.match(body)) is not None:
+                name = json.loads(f'"{head.group(1)}"')
+                events.append(CallStart(self._calls, new_call_id(), name))
+                self._started, self._args_start = True, head.end()
+                self._args_sent = head.end()
+            if self._started:
+                if end < 0:
+                    safe = len(body) - _HOLD
+                else:
+                    raw = _raw_arguments(body)
+                    safe = self._args_start + len(raw) if raw is not None else len(body.rstrip())
+                if safe > self._args_sent:
+                    events.append(CallArguments(self._calls, body[self._args_sent : safe]))
+                    self._args_sent = safe
             if end < 0:
                 return events
-            body = self._buffer[len(CALL_OPEN) : end]
-            call = parse_call(body.strip())
-            whole = self._buffer[: end + len(CALL_CLOSE)]
+            was_call = self._started
+            if not self._started:
+                call = parse_call(body.strip())
+                if call is None:
+                    events.append(ContentPiece(CALL_OPEN + body + CALL_CLOSE))
+                else:
+                    events.append(CallStart(self._calls, call.id, call.name))
+                    events.append(CallArguments(self._calls, call.arguments))
+                    was_call = True
             self._buffer = self._buffer[end + len(CALL_CLOSE) :]
             self._in_call = False
-            if call is None:
-                events.append(ContentPiece(whole))
-            else:
-                events.append(CallPiece(self._calls, call))
+            if was_call:
                 self._calls += 1
-                self._buffer = self._buffer.lstrip("\n")
+                self._after_call = True
 
-    def finish(self) -> list[ContentPiece | CallPiece]:
+    def finish(self) -> list[StreamEvent]:
+        """At the end of the output: what is still held. An unclosed call that was announced has
+        sent its arguments so far; one that was not goes out as content."""
         rest, self._buffer = self._buffer, ""
+        if self._in_call:
+            if self._started:
+                tail = rest[self._args_sent :]
+                return [CallArguments(self._calls, tail)] if tail else []
+            rest = CALL_OPEN + rest
         return [ContentPiece(rest)] if rest else []
 
     @property
     def num_calls(self) -> int:
-        return self._calls
+        return self._calls + (1 if self._in_call and self._started else 0)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -40,7 +40,8 @@ from app.services.generation import (
 )
 from app.services.models import served_model
 from model_runtime import (
-    CallPiece,
+    CallArguments,
+    CallStart,
     ContentPiece,
     EngineClient,
     ParsedCall,
@@ -172,24 +173,29 @@ class _ChoiceStream:
             reason = "tool_calls"
         return ChatCompletionChunkChoice(index=self.index, delta=ChatCompletionDelta(), finish_reason=reason)
 
-    def _parsed(self, events: list[ContentPiece | CallPiece]) -> list[ChatCompletionChunkChoice]:
+    def _parsed(
+        self, events: list[ContentPiece | CallStart | CallArguments]
+    ) -> list[ChatCompletionChunkChoice]:
         chunks = []
         for event in events:
-            if isinstance(event, CallPiece):
-                if self.calls and not self.policy.parallel:
-                    continue  # parallel_tool_calls: false keeps the first call only
-                chunks.extend(self._call_chunks(self.calls, event.call))
+            if isinstance(event, ContentPiece):
+                if event.text:
+                    chunks.append(self._delta(ChatCompletionDelta(content=event.text), None))
+                continue
+            if event.index and not self.policy.parallel:
+                continue  # parallel_tool_calls: false keeps the first call only
+            if isinstance(event, CallStart):
                 self.calls += 1
-            elif event.text:
-                chunks.append(self._delta(ChatCompletionDelta(content=event.text), None))
+                delta = ToolCallDelta(
+                    index=event.index,
+                    id=event.id,
+                    type="function",
+                    function=FunctionDelta(name=event.name, arguments=""),
+                )
+            else:
+                delta = ToolCallDelta(index=event.index, function=FunctionDelta(arguments=event.text))
+            chunks.append(self._delta(ChatCompletionDelta(tool_calls=[delta]), None))
         return chunks
-
-    def _call_chunks(self, index: int, call: ParsedCall) -> list[ChatCompletionChunkChoice]:
-        head = ToolCallDelta(
-            index=index, id=call.id, type="function", function=FunctionDelta(name=call.name, arguments="")
-        )
-        args = ToolCallDelta(index=index, function=FunctionDelta(arguments=call.arguments))
-        return [self._delta(ChatCompletionDelta(tool_calls=[d]), None) for d in (head, args)]
 
     def _delta(
         self, delta: ChatCompletionDelta, logprobs: ChoiceLogprobs | None
