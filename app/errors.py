@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.excerpts import excerpt
+from app.excerpts import bounded_message, excerpt
 from app.schemas.common import ErrorDetail, ErrorResponse
 from app.validation import describe_validation_errors
 from model_runtime import EngineError
@@ -67,7 +67,7 @@ def model_not_found(model: str) -> APIError:
 
 def engine_error(exc: EngineError) -> APIError:
     """An engine error is always the client's doing (see model_runtime.api.EngineError)."""
-    return APIError(400, str(exc), param=exc.param, code=exc.code)
+    return APIError(400, bounded_message(str(exc)), param=exc.param, code=exc.code)
 
 
 def server_error(message: str, code: str = "internal_error", status_code: int = 500) -> APIError:
