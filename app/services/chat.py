@@ -91,7 +91,10 @@ async def create_chat_completion(
     policy = ToolPolicy(body.tool_mode(), body.parallel_tool_calls is not False)
     if policy.mode in (ToolChoice.REQUIRED, ToolChoice.NAMED):
         # The grammar makes the output exactly the call(s) the client demanded.
-        params = replace(params, constraint=call_constraint(tools, body.forced_function(), policy.parallel))
+        # A named function is called once; "required" may call several when parallel calls are on.
+        forced = body.forced_function()
+        parallel = policy.parallel and forced is None
+        params = replace(params, constraint=call_constraint(tools, forced, parallel))
     messages = body.chat_messages()
     prompt_ids = engine.render_chat(messages, tools) if policy.parses_calls else engine.render_chat(messages)
     # Raises before the response starts, so a bad request is a 400, never a broken stream.

@@ -200,6 +200,8 @@ async def test_required_and_named_choices_are_enforced_by_a_grammar(
     constraint = engine.calls[0].params.constraint
     assert constraint is not None and constraint.kind is ConstraintKind.LARK
     assert ('"const": "other"' in constraint.spec) is (forced is None)
+    # A named function is called exactly once; "required" may call several (parallel by default).
+    assert ('("\\n" call)*' in constraint.spec) is (forced is None)
 
 
 async def test_tool_choice_none_hides_the_tools(client: httpx.AsyncClient, engine: FakeEngine) -> None:
