@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         None, gt=0, description="KV cache size in GiB; unset: 1 GiB on CPU, free GPU memory on CUDA"
     )
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="CUDA: fraction of the GPU's memory for weights, activations and KV cache"
+        0.9,
+        gt=0,
+        le=1,
+        description="CUDA: fraction of the GPU's memory for weights, activations and KV cache",
     )
     enforce_eager: bool = Field(False, description="CUDA: run decode steps eagerly, without CUDA graphs")
     image_model: str = Field(
