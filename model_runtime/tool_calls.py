@@ -67,19 +67,19 @@ def with_fallback_tools(messages: Sequence[ChatMessage], tools: Sequence[ToolSpe
     """The conversation rewritten for a template without tool support (see the module docstring)."""
     out: list[ChatMessage] = []
     for message in messages:
-        extra = dict(message.extra)
-        calls = extra.pop("tool_calls", None)
+        calls = message.extra.get("tool_calls")
         if message.role == "assistant" and isinstance(calls, list) and calls:
+            extra = {k: v for k, v in message.extra.items() if k != "tool_calls"}
             text = "\n".join(
                 format_call(str(c["function"]["name"]), c["function"]["arguments"]) for c in calls
             )
             content = f"{message.content}\n{text}" if message.content else text
             out.append(ChatMessage("assistant", content, extra))
         elif message.role == "tool":
-            extra.pop("tool_call_id", None)
+            extra = {k: v for k, v in message.extra.items() if k != "tool_call_id"}
             out.append(ChatMessage("user", f"<tool_response>\n{message.content}\n</tool_response>", extra))
         else:
-            out.append(ChatMessage(message.role, message.content, extra))
+            out.append(message)  # untouched: only tool traffic is rewritten
     if tools:
         prompt = fallback_tools_prompt(tools)
         if out and out[0].role == "system":

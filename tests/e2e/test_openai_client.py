@@ -191,7 +191,7 @@ def test_errors_leave_the_server_healthy(client: OpenAI, server: Server) -> None
         client.chat.completions.create(model="nope", messages=QUESTION)
     assert err.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)
+        client.chat.completions.create(model=MODEL, messages=QUESTION, n=200)
     assert err.value.body["param"] == "n"
     assert server.health()["status"] == "ok"
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
