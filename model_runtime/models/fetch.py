@@ -93,9 +93,12 @@ def resolve_model(spec: str, home: Path | None = None, progress: bool = True) ->
         return _resolve_builtin(BUILTIN_MODELS[spec], home, progress)
     if random_models.is_random_spec(spec):
         # Shapes of real models with random weights; they borrow the default model's tokenizer.
-        random_models.shape_name(spec)  # an unknown shape fails before anything is fetched
-        tokenizer = _resolve_builtin(BUILTIN_MODELS[DEFAULT_MODEL], home, progress).path
-        folder = random_models.materialize(spec, home, tokenizer)
+        # An unknown shape fails before anything is fetched, and a folder written before needs
+        # no fetch at all (a GPU machine without network gets these folders copied in).
+        folder = random_models.folder_for(spec, home)
+        if not random_models.has_random_weights(folder):
+            tokenizer = _resolve_builtin(BUILTIN_MODELS[DEFAULT_MODEL], home, progress).path
+            folder = random_models.materialize(spec, home, tokenizer)
         return ResolvedModel(path=folder, served_name=folder.name)
     path = Path(spec).expanduser()
     if path.is_dir():

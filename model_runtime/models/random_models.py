@@ -50,10 +50,15 @@ def shape_name(spec: str) -> str:
     return name
 
 
+def folder_for(spec: str, home: Path) -> Path:
+    """Where `random:NAME` lives under `home`, written or not; an unknown shape raises ValueError."""
+    return home / "models" / f"random-{shape_name(spec)}"
+
+
 def materialize(spec: str, home: Path, tokenizer_folder: Path) -> Path:
     """The folder for `random:NAME` (config, tokenizer, marker), written once into `home`."""
     name = shape_name(spec)
-    folder = home / "models" / f"random-{name}"
+    folder = folder_for(spec, home)
     if has_random_weights(folder):
         return folder
     from transformers import LlamaConfig
