@@ -41,8 +41,10 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=1, description="context window in tokens; unset: the model's own"
     )
-    max_num_batched_tokens: int = Field(
-        512, ge=1, description="tokens per engine step; bounds a prefill chunk"
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="tokens per engine step; bounds a prefill chunk; unset: 512 on CPU, 8192 on CUDA",
     )
     kv_cache_memory_gib: float | None = Field(
         None, gt=0, description="KV cache size in GiB; unset: 1 GiB on CPU, free GPU memory on CUDA"

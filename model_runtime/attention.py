@@ -9,6 +9,10 @@ Decodes take one of two paths. With `block_tables` set, attention reads the cach
 sequence's block table: a Triton kernel on a GPU (nothing gathered, a fixed launch shape that CUDA
 graphs capture), its plain-torch twin elsewhere. Otherwise every decode's context slots arrive
 padded to one length and are gathered for one batched SDPA call, the faster way on a CPU.
+
+Prefill chunks likewise: with `prefill_tables` set, one call reads every chunk's context through
+its block table (a Triton kernel on a GPU); otherwise each chunk gets an SDPA call of its own,
+over its own keys or over its gathered context.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
+from model_runtime.kernels.paged_prefill import paged_prefill, paged_prefill_reference
 
 
 @dataclass
@@ -40,6 +45,12 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [num_decodes, W] int32, rows padded with any block
     context_lens: torch.Tensor | None = None  # [num_decodes] int32: tokens each decode attends to
     block_size: int = 0
+    # The block-table path for prefill chunks; None selects one SDPA call per `prefills` entry.
+    prefill_tables: torch.Tensor | None = None  # [C, W] int32
+    prefill_q_starts: torch.Tensor | None = None  # [C] int32: first row of each chunk
+    prefill_q_lens: torch.Tensor | None = None  # [C] int32
+    prefill_ctx_starts: torch.Tensor | None = None  # [C] int32: cached tokens before each chunk
+    prefill_max_len: int = 0  # the longest chunk
 
 
 class KVCache:
@@ -64,12 +75,30 @@ def paged_attention(
     cache.keys.index_copy_(0, meta.slot_mapping, k)
     cache.values.index_copy_(0, meta.slot_mapping, v)
     n = meta.num_decodes
-    if n and not meta.prefills:
+    if n and not meta.prefills and meta.prefill_tables is None:
         # The steady state: decodes only, no copy into a shared output.
         return _decodes(q, cache, meta, scale)
     out = torch.empty_like(q)
     if n:
         out[:n] = _decodes(q[:n], cache, meta, scale)
+    if meta.prefill_tables is not None:
+        args = (
+            out,
+            q,
+            cache.keys,
+            cache.values,
+            meta.prefill_tables,
+            meta.prefill_q_starts,
+            meta.prefill_q_lens,
+            meta.prefill_ctx_starts,
+            meta.block_size,
+            scale,
+        )
+        if q.is_cuda:
+            paged_prefill(*args, meta.prefill_max_len)
+        else:
+            paged_prefill_reference(*args)
+        return out
     for p in meta.prefills:
         out[p.start : p.start + p.length] = _prefill(q[p.start : p.start + p.length], k, v, cache, p, scale)
     return out

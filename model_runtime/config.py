@@ -18,7 +18,9 @@ class EngineConfig:
     dtype: DType = "auto"
     max_num_seqs: int = 64  # sequences running at once
     max_model_len: int | None = None  # None: the model's own context window
-    max_num_batched_tokens: int = 512  # tokens per step; bounds a prefill chunk
+    # Tokens per step; bounds a prefill chunk. None: 512 on a CPU (a step stays short next to the
+    # decodes it delays), 8192 on a GPU (prompts of many requests fill one step's matmuls).
+    max_num_batched_tokens: int | None = None
     block_size: int = 16  # tokens per KV block
     kv_cache_memory_gib: float | None = None  # CPU: KV budget; None picks a default
     gpu_memory_utilization: float = 0.9

@@ -42,6 +42,8 @@ from model_runtime.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_GIB = 1.0
+CPU_STEP_TOKENS = 512  # default tokens per step (see EngineConfig.max_num_batched_tokens)
+GPU_STEP_TOKENS = 8192
 
 
 @dataclass
@@ -94,6 +96,9 @@ class Engine:
         self.grammar = GrammarEngine(
             self.tokenizer.hf_tokenizer, self.vocab_size, self.tokenizer.eos_token_ids
         )
+        self.max_num_batched_tokens = config.max_num_batched_tokens or (
+            GPU_STEP_TOKENS if self.device.type == "cuda" else CPU_STEP_TOKENS
+        )
         num_blocks = self._num_kv_blocks()
         self.max_model_len = min(
             config.max_model_len or hf_config.max_position_embeddings, num_blocks * config.block_size
@@ -107,7 +112,7 @@ class Engine:
             cuda_graphs=not config.enforce_eager,
         )
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, self.max_num_batched_tokens)
         self.model_info = ModelInfo(
             config.served_model_name, self.max_model_len, int(time.time()), vocab_size=self.vocab_size
         )
@@ -132,7 +137,7 @@ class Engine:
             # Measured after a full-size step, so the activations of a long prefill keep room.
             peak = profile_activation_bytes(
                 self.model,
-                self.config.max_num_batched_tokens,
+                self.max_num_batched_tokens,
                 self.config.max_num_seqs,
                 self.config.block_size,
             )

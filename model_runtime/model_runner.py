@@ -105,13 +105,16 @@ class ModelRunner:
                 sampled.append(chunk)
         pos = torch.tensor(positions, dtype=torch.long)
         slot_mapping = self._slots_of(batch, pos)
-        prefills = self._prefill_slices(batch)
+        prefill_tables: dict[str, torch.Tensor | int] = {}
         if self.block_table_decodes:
             decode_slots = decode_mask = None
             block_tables, context_lens = self._decode_tables(batch.decodes)
+            prefills = []
+            prefill_tables = self._prefill_tables(batch)
         else:
             decode_slots, decode_mask = self._decode_context(batch.decodes)
             block_tables = context_lens = None
+            prefills = self._prefill_slices(batch)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(self.device, non_blocking=True),
             num_decodes=len(batch.decodes),
@@ -121,6 +124,7 @@ class ModelRunner:
             block_tables=block_tables,
             context_lens=context_lens,
             block_size=self.block_size,
+            **prefill_tables,  # type: ignore[arg-type]
         )
         return StepInputs(
             input_ids=torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True),
@@ -181,6 +185,29 @@ class ModelRunner:
             tables[i, : len(c.seq.block_table)] = torch.tensor(c.seq.block_table, dtype=torch.int32)
         lens = torch.tensor([c.start + 1 for c in decodes], dtype=torch.int32)
         return tables.to(self.device, non_blocking=True), lens.to(self.device, non_blocking=True)
+
+    def _prefill_tables(self, batch: Batch) -> dict[str, torch.Tensor | int]:
+        """AttentionMetadata's prefill_* fields: one row per chunk, every one on the device in a
+        single copy (block tables padded with block 0, never read past a chunk's end)."""
+        chunks = batch.prefills
+        if not chunks:
+            return {}
+        n, width = len(chunks), max(len(c.seq.block_table) for c in chunks)
+        flat = torch.zeros(3 * n + n * width, dtype=torch.int32)  # starts, lengths, positions, tables
+        tables = flat[3 * n :].view(n, width)
+        row = len(batch.decodes)
+        for i, c in enumerate(chunks):
+            flat[i], flat[n + i], flat[2 * n + i] = row, c.length, c.start
+            tables[i, : len(c.seq.block_table)] = torch.tensor(c.seq.block_table, dtype=torch.int32)
+            row += c.length
+        flat = flat.to(self.device, non_blocking=True)
+        return {
+            "prefill_q_starts": flat[:n],
+            "prefill_q_lens": flat[n : 2 * n],
+            "prefill_ctx_starts": flat[2 * n : 3 * n],
+            "prefill_tables": flat[3 * n :].view(n, width),
+            "prefill_max_len": max(c.length for c in chunks),
+        }
 
     def _prefill_slices(self, batch: Batch) -> list[PrefillSlice]:
         slices = []

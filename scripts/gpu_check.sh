@@ -2,7 +2,8 @@
 # The GPU checks in one command: the GPU-marked tests, then the engine workloads W1 (batch-1
 # decode) and W2 (offline throughput) against transformers' generate / generate_batch, then W3
 # (HTTP, 64 concurrent streams) beside the engine at the same concurrency, on random-weight models
-# of real shapes. Results go to $OUT (default gpu-results/) as JSON and logs.
+# of real shapes. $OUT (default gpu-results/) gets three files: results.json (every run's JSON by
+# name), logs.txt (every step's output) and gpu-tests.xml.
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
 # CHECK_WORKLOADS picks among "w1 w2 w3".
@@ -14,35 +15,54 @@ SHAPES=${CHECK_SHAPES:-llama2-7b smollm2-135m}
 W3_SHAPES=${W3_SHAPES:-$SHAPES}
 W2_REQUESTS=${W2_REQUESTS:-128}
 WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3}
-W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-128} W3_TOKENS=${W3_TOKENS:-256}
+W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
+WORK=$(mktemp -d)
 mkdir -p "$OUT"
-if compgen -G ".gpu/wheels/*.whl" >/dev/null && ! $PY -c "import llguidance, fastapi" 2>/dev/null; then
+if compgen -G ".gpu/wheels/*.whl" >/dev/null &&
+  ! $PY -c "import llguidance, fastapi, uvicorn, sse_starlette, httpx, pydantic_settings, PIL" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/atenea-site .gpu/wheels/*.whl
   export PYTHONPATH=/tmp/atenea-site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 export ATENEA_HOME=${ATENEA_HOME:-$PWD/.gpu/home}
 status=0
-step() {  # step NAME TIMEOUT COMMAND...: runs it, logs to $OUT/NAME.log, remembers a failure
+
+collect() {  # everything into the three files of $OUT
+  for log in "$WORK"/*.log; do
+    [[ -e $log ]] && { echo "===== $(basename "$log" .log)"; cat "$log"; }
+  done >"$OUT/logs.txt"
+  $PY - "$WORK" "$OUT/results.json" <<'EOF'
+import json, pathlib, sys
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}, indent=1))
+EOF
+}
+step() {  # step NAME TIMEOUT COMMAND...: runs it, logs to $WORK/NAME.log, remembers a failure
   local name=$1 limit=$2
   shift 2
   echo "== $name"
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || { echo "   failed (exit $?)"; status=1; }
-  tail -n 8 "$OUT/$name.log"
+  timeout "$limit" "$@" >"$WORK/$name.log" 2>&1 || { echo "   failed (exit $?)"; status=1; }
+  grep -v -i warning "$WORK/$name.log" | tail -n 8
+  collect  # after every step: a run cut short still leaves what it measured
 }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.csv" 2>&1 || true
-$PY -c "import torch; print(torch.__version__, torch.cuda.is_available())" | tee "$OUT/torch.txt"
 
-# The 7B shape first: its figures are the ones the targets name. A failed engine run is retried
-# once with --enforce-eager, so a CUDA-graph fault still leaves eager figures (and says so).
-bench() {  # bench NAME TIMEOUT ARGS...
+bench() {  # bench NAME TIMEOUT ARGS...: `atenea bench engine`; a failed run is retried eagerly
   local name=$1 limit=$2
   shift 2
-  step "$name" "$limit" $PY -m app.bench.engine "$@" --json "$OUT/$name.json"
-  [[ -s $OUT/$name.json ]] || step "$name-eager" "$limit" $PY -m app.bench.engine "$@" --enforce-eager \
-    --json "$OUT/$name-eager.json"
+  step "$name" "$limit" $PY -m app.bench.engine "$@" --json "$WORK/$name.json"
+  # A CUDA-graph fault still leaves eager figures, named as such.
+  [[ -s $WORK/$name.json ]] || step "$name-eager" "$limit" $PY -m app.bench.engine "$@" --enforce-eager \
+    --json "$WORK/$name-eager.json"
 }
-step gpu-tests 150 $PY -m pytest -m gpu tests/gpu -q -x -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+
+trap collect EXIT
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$WORK/gpu.log" 2>&1 || true
+$PY -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())" \
+  | tee -a "$WORK/gpu.log"
+
+step gpu-tests 150 $PY -m pytest -m gpu tests/gpu -q -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+# The 7B shape first: its figures are the ones the targets name.
 for shape in $SHAPES; do
   [[ $WORKLOADS == *w1* ]] && bench "w1-$shape" 120 --model "random:$shape" --workload w1
   [[ $WORKLOADS == *w2* ]] && bench "w2-$shape" 150 --model "random:$shape" --workload w2 \
@@ -53,25 +73,26 @@ done
 # the same concurrency, to show what the HTTP layer costs.
 if [[ $WORKLOADS != *w3* ]]; then
   :
-elif $PY -c "import fastapi, uvicorn, sse_starlette" 2>/dev/null; then
+elif $PY -c "import app.main, httpx" 2>"$WORK/w3-imports.log"; then
   port=18765
   for shape in $W3_SHAPES; do
     $PY -m app.cli serve --model "random:$shape" --port "$port" --image-model none \
-      >"$OUT/w3-server-$shape.log" 2>&1 &
+      >"$WORK/w3-server-$shape.log" 2>&1 &
     server=$!
     for _ in $(seq 120); do
       curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
       sleep 1
     done
     step "w3-http-$shape" 120 $PY -m app.cli bench serve --base-url "http://127.0.0.1:$port/v1" \
-      -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --json "$OUT/w3-http-$shape.json"
+      -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --json "$WORK/w3-http-$shape.json"
     kill "$server" 2>/dev/null
     wait "$server" 2>/dev/null
     step "w3-engine-$shape" 90 $PY -m app.bench.engine --model "random:$shape" --batch-size "$W3_STREAMS" \
-      --prompt-len 32 --max-tokens "$W3_TOKENS" --baseline none --json "$OUT/w3-engine-$shape.json"
+      --prompt-len 32 --max-tokens "$W3_TOKENS" --baseline none --json "$WORK/w3-engine-$shape.json"
   done
 else
-  echo "== w3 skipped: fastapi/uvicorn/sse-starlette are not importable (run scripts/gpu_prepare.sh)"
+  echo "== w3 skipped: the server does not import here:"
+  tail -n 3 "$WORK/w3-imports.log"
   status=1
 fi
 exit $status

@@ -15,8 +15,11 @@ for shape in smollm2-135m llama2-7b llama3-8b; do
   cp -r "$folder" .gpu/home/models/
 done
 # What the engine, the HTTP server and the bench client import beyond torch/transformers/numpy.
+# Their own dependencies too: a pure-Python one the machine already has is shadowed harmlessly.
 packages="llguidance gguf fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv
-  sse-starlette uvicorn annotated-types typing-inspection prometheus-client diffusers importlib-metadata"
+  sse-starlette uvicorn annotated-types typing-inspection prometheus-client diffusers importlib-metadata
+  opentelemetry-api annotated-doc anyio click h11 httpx httpcore certifi idna zipp lazy-importer pillow
+  sniffio"
 pins=()
 for name in $packages; do
   version=$($PY -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')

@@ -104,7 +104,8 @@ def test_defaults_without_env() -> None:
     settings = settings_from_args(build_parser().parse_args(["serve"]))
     assert settings == Settings()
     assert (settings.host, settings.port, settings.model) == ("127.0.0.1", 8000, "smollm2-135m-instruct")
-    assert (settings.max_num_seqs, settings.max_num_batched_tokens, settings.max_model_len) == (64, 512, None)
+    limits = (settings.max_num_seqs, settings.max_num_batched_tokens, settings.max_model_len)
+    assert limits == (64, None, None)
 
 
 def test_bad_env_var_is_reported_not_a_traceback() -> None:
@@ -162,7 +163,7 @@ def test_serve_builds_the_engine_config_and_runs_the_server(
         dtype="auto",
         max_num_seqs=8,
         max_model_len=None,
-        max_num_batched_tokens=512,
+        max_num_batched_tokens=None,
         kv_cache_memory_gib=None,
     )
     assert ran == {"app": "the-app", "host": "127.0.0.1", "port": 1234, "log_level": "warning"}

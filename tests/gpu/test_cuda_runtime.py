@@ -9,12 +9,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from model_runtime.api import SamplingParams
 from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
+from model_runtime.kernels.paged_prefill import paged_prefill, paged_prefill_reference
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner
 from model_runtime.models.loader import build_model
 from model_runtime.scheduler import Batch, ScheduledChunk
 from model_runtime.sequence import Sequence
 from tests.model_runtime.test_block_table_decode import random_cache
+from tests.model_runtime.test_paged_prefill import random_chunks
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -136,3 +138,21 @@ def test_loaded_engine_stays_finite_and_returns_every_block() -> None:
             finished += out.finish_reason is not None
     assert finished == 96
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(32, 32, 128), (32, 8, 128), (9, 3, 64)])
+def test_prefill_kernel_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, dim: int) -> None:
+    chunks = [(0, 1), (0, 64), (0, 65), (17, 1), (64, 63), (100, 130), (0, 600), (500, 300)]
+    q, keys, values, tables, starts, lens, before = (
+        t.to(CUDA) for t in random_chunks(heads, kv_heads, dim, chunks, seed=3)
+    )
+    q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
+    out = torch.zeros_like(q)
+    paged_prefill(out, q, keys, values, tables, starts, lens, before, 16, dim**-0.5, int(lens.max()))
+    expected = torch.zeros_like(q, dtype=torch.float32)
+    paged_prefill_reference(
+        expected, q.float(), keys.float(), values.float(), tables, starts, lens, before, 16, dim**-0.5
+    )
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=0)
