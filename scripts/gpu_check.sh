@@ -30,11 +30,14 @@ status=0
 collect() {  # everything into the three files of $OUT
   for log in "$WORK"/*.log; do
     [[ -e $log ]] && { echo "===== $(basename "$log" .log)"; cat "$log"; }
-  done >"$OUT/logs.txt"
+  done >"$WORK/logs.txt.part"
+  mv "$WORK/logs.txt.part" "$OUT/logs.txt"  # whole or not at all: a kill can land mid-write
   $PY - "$WORK" "$OUT/results.json" <<'EOF'
-import json, pathlib, sys
+import json, os, pathlib, sys
 work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-out.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}, indent=1))
+part = work / "results.json.part"
+part.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}, indent=1))
+os.replace(part, out)
 EOF
 }
 step() {  # step NAME TIMEOUT COMMAND...: runs it, logs to $WORK/NAME.log, remembers a failure
