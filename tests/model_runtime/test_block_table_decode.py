@@ -18,6 +18,7 @@ from model_runtime.decode_graphs import DecodeGraphs, bucket_sizes
 from model_runtime.kernels.paged_decode import paged_decode_reference
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner
+from model_runtime.models.llama import LlamaModel
 from model_runtime.models.loader import build_model, prepare_for_inference
 from model_runtime.scheduler import Batch, ScheduledChunk
 from model_runtime.sequence import Sequence
@@ -91,7 +92,8 @@ def test_bucket_sizes_cover_every_batch() -> None:
     assert all(any(s >= n for s in sizes) for n in range(1, 21))
 
 
-def test_static_decode_buffers_give_the_runners_logits_and_touch_only_the_scratch_block() -> None:
+def tiny_native_and_reference() -> tuple[LlamaModel, LlamaForCausalLM]:
+    """A 2-layer GQA Llama (vocabulary 97) on the CPU in fp32, natively and in transformers."""
     config = LlamaConfig(
         vocab_size=97,
         hidden_size=64,
@@ -106,6 +108,11 @@ def test_static_decode_buffers_give_the_runners_logits_and_touch_only_the_scratc
     model = build_model(config, torch.device("cpu"), torch.float32)
     model.load_hf_weights(reference.state_dict().items())
     prepare_for_inference(model)
+    return model, reference
+
+
+def test_static_decode_buffers_give_the_runners_logits_and_touch_only_the_scratch_block() -> None:
+    model, _ = tiny_native_and_reference()
     runner = ModelRunner(model, num_blocks=24, block_size=4)
     graphs = DecodeGraphs(
         model, runner.caches, 4, max_batch=8, max_blocks_per_seq=16, scratch_block=24, capture=False

@@ -87,29 +87,14 @@ def test_triton_kernel_matches_reference(heads: int, kv_heads: int, dim: int) ->
 def test_runner_block_table_path_matches_the_gathering_path_on_mixed_steps() -> None:
     """The same steps through both paths (the torch twins of the GPU kernels here): a decode, a
     prompt's first chunk, and the chunk that continues it over its cached first part."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from model_runtime.api import SamplingParams
     from model_runtime.kv_cache import BlockManager
     from model_runtime.model_runner import ModelRunner
-    from model_runtime.models.loader import build_model, prepare_for_inference
     from model_runtime.scheduler import Batch, ScheduledChunk
     from model_runtime.sequence import Sequence
+    from tests.model_runtime.test_block_table_decode import tiny_native_and_reference
 
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    reference = LlamaForCausalLM(config).eval()
-    model = build_model(config, torch.device("cpu"), torch.float32)
-    model.load_hf_weights(reference.state_dict().items())
-    prepare_for_inference(model)
+    model, reference = tiny_native_and_reference()
     prompts = [torch.randint(0, 97, (n,)).tolist() for n in (9, 30, 11)]
     results = []
     for block_tables in (False, True):
