@@ -6,6 +6,8 @@ from model_runtime.api import (
     Constraint,
     ConstraintKind,
     ContextLengthExceeded,
+    Embeddings,
+    EncoderClient,
     EngineClient,
     EngineError,
     EngineStats,
@@ -32,6 +34,7 @@ from model_runtime.tool_calls import (
 )
 
 __all__ = [
+    "AsyncEncoder",
     "AsyncEngine",
     "CallArguments",
     "CallStart",
@@ -45,6 +48,8 @@ __all__ = [
     "Constraint",
     "ConstraintKind",
     "ContextLengthExceeded",
+    "Embeddings",
+    "EncoderClient",
     "EngineClient",
     "EngineConfig",
     "EngineError",
@@ -69,6 +74,10 @@ def __getattr__(name: str) -> object:
         from model_runtime.async_engine import AsyncEngine
 
         return AsyncEngine
+    if name == "AsyncEncoder":
+        from model_runtime.encoder import AsyncEncoder
+
+        return AsyncEncoder
     if name == "resolve_model":
         from model_runtime.models.fetch import resolve_model
 

@@ -244,3 +244,24 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats: ...
 
     def is_alive(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]  # one unit-length vector per input, in order
+    prompt_tokens: int  # tokens embedded, counted with the embedding model's own tokenizer
+
+
+class EncoderClient(Protocol):
+    """A dedicated embedding model (`--embedding-model`). `AsyncEncoder` implements it; tests may
+    fake it."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """Strings are tokenized with the model's tokenizer; token-id inputs are used as given.
+        Raises ContextLengthExceeded / InvalidPrompt for an input the model cannot take."""
+        ...
+
+    def is_alive(self) -> bool: ...
