@@ -11,7 +11,7 @@ from app.image_store import ImageStore
 from app.request_context import RequestContext
 from app.request_engine import RequestEngine
 from app.settings import Settings
-from model_runtime import EngineClient
+from model_runtime import EncoderClient, EngineClient
 from model_runtime.images import ImageClient
 
 
@@ -41,6 +41,14 @@ def get_images(request: Request) -> ImageClient | None:
     return images
 
 
+def get_encoder(request: Request) -> EncoderClient | None:
+    """The dedicated embedding model, or None when the server was started without one."""
+    encoder: EncoderClient | None = getattr(request.app.state, "encoder", None)
+    if encoder is not None and not encoder.is_alive():
+        raise engine_unavailable()
+    return encoder
+
+
 def get_image_store(request: Request) -> ImageStore:
     store: ImageStore = request.app.state.image_store
     return store
@@ -48,5 +56,6 @@ def get_image_store(request: Request) -> ImageStore:
 
 EngineDep = Annotated[EngineClient, Depends(get_engine)]
 ImagesDep = Annotated[ImageClient | None, Depends(get_images)]
+EncoderDep = Annotated[EncoderClient | None, Depends(get_encoder)]
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -7,13 +7,15 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
 import model_runtime
 from app.admission import Admission
+from app.embedding_runtime import start_encoder
 from app.errors import install_error_handlers
-from app.image_runtime import start_image_worker
+from app.image_runtime import images_first, start_image_worker
 from app.image_store import ImageStore
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
@@ -24,8 +26,8 @@ from app.routers import images as image_routes
 from app.services.models import ModelNotServed
 from app.settings import Settings, get_settings
 from app.watchdog import Watchdog
-from model_runtime import EngineClient, EngineConfig
-from model_runtime.images import ImageClient
+from model_runtime import EncoderClient, EngineClient, EngineConfig
+from model_runtime.images import AsyncImageWorker, ImageClient
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +56,19 @@ def _engine_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = engine_config or await asyncio.to_thread(engine_config_from_settings, settings)
-        logger.info("starting engine for %s (%s)", config.served_model_name, config.model_path)
-        engine = model_runtime.AsyncEngine(config)
+        engine, image_worker = await _start_engine_and_images(settings, config)
         try:
-            await engine.start()  # loads the weights on the engine's own thread
+            # So does the embedding model, when --embedding-model names one.
+            image_ids = [info.id for info in image_worker.models] if image_worker is not None else []
+            encoder = await start_encoder(settings, taken=[config.served_model_name, *image_ids])
         except BaseException:
-            await _shutdown_quietly(engine)
-            raise
-        try:
-            # The image pipeline loads on a thread of its own, apart from the engine's.
-            image_worker = await start_image_worker(settings)
-        except BaseException:
+            if image_worker is not None:
+                await image_worker.shutdown()
             await _shutdown_quietly(engine)
             raise
         app.state.engine = engine
         app.state.images = image_worker
+        app.state.encoder = encoder
         app.state.lifecycle.mark_serving()
         watchdog = _start_watchdog(app, settings)
         try:
@@ -77,6 +77,9 @@ def _engine_lifespan(
             await watchdog.stop()
             app.state.engine = None
             app.state.images = None
+            app.state.encoder = None
+            if encoder is not None:
+                await encoder.shutdown()
             if image_worker is not None:
                 await image_worker.shutdown()
             await engine.shutdown()
@@ -106,6 +109,45 @@ def _start_watchdog(app: FastAPI, settings: Settings) -> Watchdog:
     return watchdog
 
 
+async def _start_engine_and_images(
+    settings: Settings, config: EngineConfig
+) -> tuple[model_runtime.AsyncEngine, AsyncImageWorker | None]:
+    """The text engine and the image worker, each loaded on a thread of its own. When they share a
+    GPU the image pipeline loads first, so its weights are taken before the engine measures free
+    memory, and the engine keeps the pipeline's measured peak out of its KV cache. Whichever
+    started is shut down when the other fails to."""
+    if not images_first(settings):
+        engine = await _start_engine(config)
+        try:
+            image_worker = await start_image_worker(settings)
+        except BaseException:
+            await _shutdown_quietly(engine)
+            raise
+        return engine, image_worker
+    image_worker = await start_image_worker(settings)
+    reserved = image_worker.reserved_device_bytes if image_worker is not None else 0
+    try:
+        engine = await _start_engine(
+            replace(config, reserved_gpu_memory_bytes=config.reserved_gpu_memory_bytes + reserved)
+        )
+    except BaseException:
+        if image_worker is not None:
+            await image_worker.shutdown()
+        raise
+    return engine, image_worker
+
+
+async def _start_engine(config: EngineConfig) -> model_runtime.AsyncEngine:
+    logger.info("starting engine for %s (%s)", config.served_model_name, config.model_path)
+    engine = model_runtime.AsyncEngine(config)
+    try:
+        await engine.start()  # loads the weights on the engine's own thread
+    except BaseException:
+        await _shutdown_quietly(engine)
+        raise
+    return engine
+
+
 async def _shutdown_quietly(engine: model_runtime.AsyncEngine) -> None:
     try:
         await engine.shutdown()
@@ -126,11 +168,13 @@ def create_app(
     engine: EngineClient | None = None,
     engine_config: EngineConfig | None = None,
     images: ImageClient | None = None,
+    encoder: EncoderClient | None = None,
 ) -> FastAPI:
     """A given `engine` (tests, embedding) is used as is: the app neither starts nor stops it.
     Otherwise the lifespan builds an AsyncEngine from `engine_config`, or from `settings`.
     Given `images` are likewise used as is; otherwise the lifespan that builds the engine also starts
-    the image worker `settings.image_model` names.
+    the image worker `settings.image_model` names. A given `encoder` (the dedicated embedding model)
+    is likewise used as is; otherwise that lifespan loads the one `settings.embedding_model` names.
 
     Raises OSError or ValueError when `--api-key-file` cannot be read or holds no key."""
     settings = settings or get_settings()
@@ -147,6 +191,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.images = images
+    app.state.encoder = encoder
     app.state.image_store = ImageStore()
     app.state.lifecycle = lifecycle = Lifecycle(settings.shutdown_timeout)
     app.state.admission = admission = Admission(
@@ -157,7 +202,7 @@ def create_app(
     if engine is not None:
         lifecycle.mark_serving()
     install_error_handlers(app)
-    app.add_exception_handler(ModelNotServed, image_routes.model_not_served)
+    app.add_exception_handler(ModelNotServed, models.model_not_served)
     install_middleware(app, settings, api_keys, lifecycle, admission, metrics_registry)
     for router in (
         models.router,

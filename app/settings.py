@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     image_cpu_threads: int | None = Field(
         None, ge=1, description="CPU threads for image generation; unset: half the cores"
     )
+    embedding_model: str | None = Field(
+        None,
+        description="dedicated model for /v1/embeddings: a local Hugging Face folder of an encoder "
+        "(BERT, RoBERTa, XLM-R, MPNet; sentence-transformers pooling honoured) with safetensors "
+        "weights; unset: /v1/embeddings embeds with --model",
+    )
+    embedding_model_name: str | None = Field(
+        None,
+        description="the model id clients send for --embedding-model; unset: the folder's name, lower-cased",
+    )
     log_level: LogLevel = Field("info", description="logging level")
     log_format: LogFormat = Field("text", description="log lines as text or as one JSON object each")
     log_content: bool = Field(

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"atenea serve: invalid option: {exc}") from exc
 
     # Imported here: `atenea --help` should not pay for the web stack.
+    from app.embedding_runtime import resolved_encoder
     from app.image_runtime import resolved_image_model
     from app.logs import configure_logging
     from app.main import create_app, engine_config_from_settings
@@ -106,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         resolved_image_model(settings)  # refuse a bad --image-model before loading anything
     except ValueError as exc:
         raise SystemExit(f"atenea serve: cannot serve image model {settings.image_model!r}: {exc}") from exc
+    try:
+        resolved_encoder(settings)  # likewise a bad --embedding-model
+    except ValueError as exc:
+        raise SystemExit(
+            f"atenea serve: cannot serve embedding model {settings.embedding_model!r}: {exc}"
+        ) from exc
     try:
         app = create_app(settings, engine_config=engine_config)
     except (OSError, ValueError) as exc:  # an unreadable or empty --api-key-file

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.deps import EngineDep
+from app.deps import EncoderDep, EngineDep
 from app.responses import json_response
 from app.schemas.common import ErrorResponse
 from app.schemas.embeddings import (
@@ -23,8 +23,8 @@ ERRORS: dict[int | str, dict[str, object]] = {400: {"model": ErrorResponse}, 404
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
-async def create_embeddings(body: EmbeddingRequest, engine: EngineDep) -> Response:
-    return json_response(await embeddings.create_embeddings(body, engine))
+async def create_embeddings(body: EmbeddingRequest, engine: EngineDep, encoder: EncoderDep) -> Response:
+    return json_response(await embeddings.create_embeddings(body, engine, encoder))
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)

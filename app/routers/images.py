@@ -10,7 +10,7 @@ from app.errors import APIError
 from app.schemas.common import ErrorResponse
 from app.schemas.images import ImageGenerationRequest, ImagesResponse
 from app.services import images as image_service
-from app.services.models import ModelNotServed, image_model_named, wrong_kind
+from app.services.models import embedding_model_named, embeddings_only
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -23,6 +23,8 @@ router = APIRouter(prefix="/v1", tags=["images"])
 async def create_images(
     body: ImageGenerationRequest, request: Request, images: ImagesDep, store: ImageStoreDep
 ) -> Response:
+    if embedding_model_named(getattr(request.app.state, "encoder", None), body.model or "") is not None:
+        raise embeddings_only(body.model or "")
     engine = getattr(request.app.state, "engine", None)
     return await image_service.create_images(body, images, engine, store, request)
 
@@ -42,12 +44,3 @@ async def image_file(name: str, store: ImageStoreDep) -> Response:
         media_type=image.media_type,
         headers={"Cache-Control": f"private, max-age={store.seconds_left(image)}"},
     )
-
-
-async def model_not_served(request: Request, exc: Exception) -> Response:
-    """A language-model route was asked for a model it does not serve: a 400 saying which endpoint
-    to use when the id is one of the image models, else the 404 as it was."""
-    assert isinstance(exc, ModelNotServed)
-    if image_model_named(getattr(request.app.state, "images", None), exc.model) is not None:
-        return wrong_kind(exc.model).to_response()
-    return exc.to_response()

@@ -1,4 +1,4 @@
-"""Embeddings from the served model, and the tokenizer endpoints."""
+"""Embeddings from the dedicated embedding model or the served model, and the tokenizer endpoints."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from app.schemas.embeddings import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from app.services.models import served_model
-from model_runtime import EngineClient, InvalidPrompt
+from app.services.models import embedding_model_named, served_model
+from model_runtime import Embeddings, EncoderClient, EngineClient, InvalidPrompt
 
 
 def _fit(vector: list[float], dimensions: int | None) -> list[float]:
@@ -34,10 +34,20 @@ def _base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-async def create_embeddings(body: EmbeddingRequest, engine: EngineClient) -> EmbeddingResponse:
-    model = served_model(engine, body.model).id
-    inputs = [engine.encode(i) if isinstance(i, str) else i for i in body.inputs()]
-    vectors = await engine.embed(inputs)
+async def create_embeddings(
+    body: EmbeddingRequest, engine: EngineClient, encoder: EncoderClient | None = None
+) -> EmbeddingResponse:
+    """With `model` naming the dedicated embedding model, that model tokenizes, checks and embeds
+    (on its own thread); otherwise the served language model does, as it always has."""
+    if embedding_model_named(encoder, body.model) is not None:
+        assert encoder is not None
+        model = encoder.info.id
+        result = await encoder.embed(body.inputs())
+    else:
+        model = served_model(engine, body.model).id
+        inputs = [engine.encode(i) if isinstance(i, str) else i for i in body.inputs()]
+        result = Embeddings(await engine.embed(inputs), sum(len(i) for i in inputs))
+    vectors = result.vectors
     width = len(vectors[0])
     if body.dimensions is not None and body.dimensions > width:
         raise APIError(
@@ -52,7 +62,7 @@ async def create_embeddings(body: EmbeddingRequest, engine: EngineClient) -> Emb
         data.append(
             Embedding(index=index, embedding=_base64(fitted) if body.encoding_format == "base64" else fitted)
         )
-    tokens = sum(len(i) for i in inputs)
+    tokens = result.prompt_tokens
     return EmbeddingResponse(
         data=data, model=model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
     )

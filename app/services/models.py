@@ -1,15 +1,17 @@
-"""Which model ids this server answers to: one language model, and the image models beside it."""
+"""Which model ids this server answers to: one language model, and the image models and the
+dedicated embedding model beside it."""
 
 from __future__ import annotations
 
 from app.errors import APIError, model_not_found
-from model_runtime import EngineClient, ModelInfo
+from model_runtime import EncoderClient, EngineClient, ModelInfo
 from model_runtime.images import ImageClient, ImageModelInfo
 
 
 class ModelNotServed(APIError):
     """404 model_not_found from a language-model route. A handler of its own (see
-    `wrong_kind_or_not_found`) makes it a 400 when the id names one of the image models."""
+    `app.routers.models.model_not_served`) makes it a 400 when the id names one of the image models
+    or the embedding model."""
 
     def __init__(self, model: str) -> None:
         error = model_not_found(model)
@@ -33,6 +35,20 @@ def wrong_kind(model: str) -> APIError:
     return APIError(
         400,
         f"The model `{model}` is an image model; use it with /v1/images/generations.",
+        param="model",
+        code="model_not_supported",
+    )
+
+
+def embedding_model_named(encoder: EncoderClient | None, requested: str) -> ModelInfo | None:
+    """The dedicated embedding model's info when `requested` names it."""
+    return encoder.info if encoder is not None and encoder.info.id == requested else None
+
+
+def embeddings_only(model: str) -> APIError:
+    return APIError(
+        400,
+        f"The model `{model}` is an embedding model; use it with /v1/embeddings.",
         param="model",
         code="model_not_supported",
     )

@@ -34,6 +34,8 @@ FLAGS = {
     "--image-model": "ATENEA_IMAGE_MODEL",
     "--image-max-batch-size": "ATENEA_IMAGE_MAX_BATCH_SIZE",
     "--image-cpu-threads": "ATENEA_IMAGE_CPU_THREADS",
+    "--embedding-model": "ATENEA_EMBEDDING_MODEL",
+    "--embedding-model-name": "ATENEA_EMBEDDING_MODEL_NAME",
     "--log-level": "ATENEA_LOG_LEVEL",
     "--log-format": "ATENEA_LOG_FORMAT",
     "--log-content": "ATENEA_LOG_CONTENT",
@@ -170,6 +172,26 @@ def test_serve_builds_the_engine_config_and_runs_the_server(
 
     main(["serve", "--served-model-name", "my-model"])
     assert created["engine_config"].served_model_name == "my-model"
+
+
+def test_embedding_model_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert settings_from_args(build_parser().parse_args(["serve"])).embedding_model is None
+    monkeypatch.setenv("ATENEA_EMBEDDING_MODEL", "/models/bge-small")
+    settings = settings_from_args(build_parser().parse_args(["serve", "--embedding-model-name", "bge"]))
+    assert (settings.embedding_model, settings.embedding_model_name) == ("/models/bge-small", "bge")
+
+    monkeypatch.setattr(
+        model_runtime, "resolve_model", lambda name: FakeResolved(tmp_path, "tiny"), raising=False
+    )
+    monkeypatch.setattr(
+        app.main, "create_app", lambda *a, **k: pytest.fail("a bad folder got as far as the app")
+    )
+    with pytest.raises(SystemExit, match="cannot serve embedding model .*missing.*not a folder"):
+        main(["serve", "--embedding-model", str(tmp_path / "missing")])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(SystemExit, match="pickle format are refused"):
+        main(["serve", "--embedding-model", str(tmp_path)])
 
 
 def test_invalid_value_for_serve_exits(monkeypatch: pytest.MonkeyPatch) -> None:
