@@ -24,6 +24,9 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV block
     kv_cache_memory_gib: float | None = None  # CPU: KV budget; None picks a default
     gpu_memory_utilization: float = 0.9
+    # GPU: device memory another component on the same GPU (the image pipeline) needs at its peak,
+    # kept out of the KV budget on top of what is already allocated when the engine measures.
+    reserved_gpu_memory_bytes: int = 0
     num_threads: int | None = None  # CPU threads for torch; None: all cores
     enable_prefix_caching: bool = True  # reuse the KV blocks of prompts' known prefixes
     enforce_eager: bool = False  # GPU: run decode steps eagerly instead of replaying CUDA graphs

@@ -82,6 +82,21 @@ def resolve_dtype(config: EngineConfig, device: torch.device) -> tuple[torch.dty
     return getattr(torch, config.dtype), False
 
 
+def kv_budget_bytes(free: int, total: int, activation_peak: int, utilization: float, reserved: int) -> float:
+    """GPU bytes left for the KV cache: what is free now, less one step's activation peak, less what
+    another component on the device (the image pipeline) needs at its peak, less the share of the
+    device that `gpu_memory_utilization` leaves untouched."""
+    return free - activation_peak - reserved - (1 - utilization) * total
+
+
+def kv_blocks(budget: float, per_block: int) -> int:
+    """How many KV blocks `budget` bytes hold; raises when that is too few to serve anything."""
+    num_blocks = int(budget // per_block)
+    if num_blocks < 2:
+        raise RuntimeError(f"KV budget of {budget / 2**20:.0f} MiB is too small for this model")
+    return num_blocks
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -142,13 +157,16 @@ class Engine:
                 self.config.block_size,
             )
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - peak - (1 - self.config.gpu_memory_utilization) * total
+            budget = kv_budget_bytes(
+                free,
+                total,
+                peak,
+                self.config.gpu_memory_utilization,
+                self.config.reserved_gpu_memory_bytes,
+            )
         else:
             budget = (self.config.kv_cache_memory_gib or DEFAULT_CPU_KV_GIB) * 2**30
-        num_blocks = int(budget // per_block)
-        if num_blocks < 2:
-            raise RuntimeError(f"KV budget of {budget / 2**20:.0f} MiB is too small for this model")
-        return num_blocks
+        return kv_blocks(budget, per_block)
 
     # -- requests -------------------------------------------------------------------------------
 
