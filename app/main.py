@@ -7,6 +7,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -14,7 +15,7 @@ import model_runtime
 from app.admission import Admission
 from app.embedding_runtime import start_encoder
 from app.errors import install_error_handlers
-from app.image_runtime import start_image_worker
+from app.image_runtime import images_first, start_image_worker
 from app.image_store import ImageStore
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
@@ -26,7 +27,7 @@ from app.services.models import ModelNotServed
 from app.settings import Settings, get_settings
 from app.watchdog import Watchdog
 from model_runtime import EncoderClient, EngineClient, EngineConfig
-from model_runtime.images import ImageClient
+from model_runtime.images import AsyncImageWorker, ImageClient
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,7 @@ def _engine_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = engine_config or await asyncio.to_thread(engine_config_from_settings, settings)
-        logger.info("starting engine for %s (%s)", config.served_model_name, config.model_path)
-        engine = model_runtime.AsyncEngine(config)
-        try:
-            await engine.start()  # loads the weights on the engine's own thread
-        except BaseException:
-            await _shutdown_quietly(engine)
-            raise
-        try:
-            # The image pipeline loads on a thread of its own, apart from the engine's.
-            image_worker = await start_image_worker(settings)
-        except BaseException:
-            await _shutdown_quietly(engine)
-            raise
+        engine, image_worker = await _start_engine_and_images(settings, config)
         try:
             # So does the embedding model, when --embedding-model names one.
             image_ids = [info.id for info in image_worker.models] if image_worker is not None else []
@@ -118,6 +107,45 @@ def _start_watchdog(app: FastAPI, settings: Settings) -> Watchdog:
     )
     watchdog.start()
     return watchdog
+
+
+async def _start_engine_and_images(
+    settings: Settings, config: EngineConfig
+) -> tuple[model_runtime.AsyncEngine, AsyncImageWorker | None]:
+    """The text engine and the image worker, each loaded on a thread of its own. When they share a
+    GPU the image pipeline loads first, so its weights are taken before the engine measures free
+    memory, and the engine keeps the pipeline's measured peak out of its KV cache. Whichever
+    started is shut down when the other fails to."""
+    if not images_first(settings):
+        engine = await _start_engine(config)
+        try:
+            image_worker = await start_image_worker(settings)
+        except BaseException:
+            await _shutdown_quietly(engine)
+            raise
+        return engine, image_worker
+    image_worker = await start_image_worker(settings)
+    reserved = image_worker.reserved_device_bytes if image_worker is not None else 0
+    try:
+        engine = await _start_engine(
+            replace(config, reserved_gpu_memory_bytes=config.reserved_gpu_memory_bytes + reserved)
+        )
+    except BaseException:
+        if image_worker is not None:
+            await image_worker.shutdown()
+        raise
+    return engine, image_worker
+
+
+async def _start_engine(config: EngineConfig) -> model_runtime.AsyncEngine:
+    logger.info("starting engine for %s (%s)", config.served_model_name, config.model_path)
+    engine = model_runtime.AsyncEngine(config)
+    try:
+        await engine.start()  # loads the weights on the engine's own thread
+    except BaseException:
+        await _shutdown_quietly(engine)
+        raise
+    return engine
 
 
 async def _shutdown_quietly(engine: model_runtime.AsyncEngine) -> None:

@@ -17,7 +17,9 @@ from model_runtime.images.loader import (
     ResolvedImageModel,
     load_image_model,
     resolve_image_model,
+    runs_on_cuda,
 )
+from model_runtime.images.memory import peak_device_bytes
 
 __all__ = [
     "DEFAULT_IMAGE_MODEL",
@@ -32,5 +34,7 @@ __all__ = [
     "ImageWorkerConfig",
     "ResolvedImageModel",
     "load_image_model",
+    "peak_device_bytes",
     "resolve_image_model",
+    "runs_on_cuda",
 ]

@@ -43,6 +43,9 @@ class AsyncImageWorker:
         self.config = config or ImageWorkerConfig()
         self.queue = BatchQueue(self.config.max_batch_images, self.config.gather_s)
         self.worker = ImageWorker(load_models, self.queue)
+        # GPU memory the models need at their peak beyond their weights, for the text engine to keep
+        # out of its KV cache when both share the device; 0 on a CPU. Set by whoever starts it.
+        self.reserved_device_bytes = 0
 
     # -- life cycle -----------------------------------------------------------------------------
 

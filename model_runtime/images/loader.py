@@ -60,6 +60,15 @@ def builtin_names() -> list[str]:
     return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model_index.json").is_file())
 
 
+def runs_on_cuda(device: str) -> bool:
+    """Whether an image model loaded for `device` ("auto", "cpu" or "cuda") runs on the GPU."""
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
+
+
 def load_image_model(
     resolved: ResolvedImageModel,
     device: str = "auto",
@@ -74,8 +83,7 @@ def load_image_model(
     the same cores stall each other badly."""
     import torch
 
-    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    target = torch.device("cuda" if on_cuda else "cpu")
+    target = torch.device("cuda" if runs_on_cuda(device) else "cpu")
     if target.type == "cpu":
         torch.set_num_threads(cpu_threads or max(1, torch.get_num_threads() // 2))
     dtype = torch.float16 if target.type == "cuda" else torch.float32

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 import model_runtime
+from app import main as app_main
+from app.image_runtime import images_first
 from app.main import create_app
 from app.settings import Settings
 from model_runtime import EngineConfig
@@ -93,3 +95,133 @@ async def test_failed_start_shuts_down_and_raises(monkeypatch: pytest.MonkeyPatc
         async with app.router.lifespan_context(app):
             pass
     assert FakeAsyncEngine.instances[0].events == ["shutdown"]
+
+
+class FakeImageWorker:
+    """Stands in for a started AsyncImageWorker: a reservation and a shared record of events."""
+
+    def __init__(self, events: list[str], reserved: int) -> None:
+        self.events = events
+        self.reserved_device_bytes = reserved
+        self.models: list[object] = []
+
+    async def shutdown(self) -> None:
+        self.events.append("images shutdown")
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One record of the engine's and the image worker's starts and shutdowns, in order."""
+    log: list[str] = []
+
+    async def start(self: FakeAsyncEngine) -> None:
+        log.append(f"engine start (reserved {self.config.reserved_gpu_memory_bytes})")
+
+    async def shutdown(self: FakeAsyncEngine) -> None:
+        log.append("engine shutdown")
+
+    monkeypatch.setattr(FakeAsyncEngine, "start", start)
+    monkeypatch.setattr(FakeAsyncEngine, "shutdown", shutdown)
+    return log
+
+
+def fake_image_start(events: list[str], reserved: int = 0, fail: bool = False):  # type: ignore[no-untyped-def]
+    async def start_image_worker(settings: Settings) -> FakeImageWorker:
+        events.append("images start")
+        if fail:
+            raise RuntimeError("no pipeline")
+        return FakeImageWorker(events, reserved)
+
+    return start_image_worker
+
+
+@pytest.mark.parametrize(
+    ("device", "image_model", "cuda_available", "first"),
+    [
+        ("cpu", "atenea-shapes", True, False),
+        ("cuda", "atenea-shapes", False, True),
+        ("auto", "atenea-shapes", True, True),
+        ("auto", "atenea-shapes", False, False),
+        ("cuda", "none", True, False),
+    ],
+)
+def test_images_start_first_only_when_they_share_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, device: str, image_model: str, cuda_available: bool, first: bool
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    assert images_first(Settings(device=device, image_model=image_model)) is first  # type: ignore[arg-type]
+
+
+async def test_on_a_gpu_the_engine_starts_after_the_images_and_keeps_their_peak(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=3 * 2**30))
+    config = EngineConfig(model_path=tmp_path, served_model_name="x", reserved_gpu_memory_bytes=5)
+    app = create_app(Settings(device="cuda"), engine_config=config)
+    async with app.router.lifespan_context(app):
+        assert app.state.images.reserved_device_bytes == 3 * 2**30
+    assert events == [
+        "images start",
+        f"engine start (reserved {3 * 2**30 + 5})",
+        "images shutdown",
+        "engine shutdown",
+    ]
+
+
+async def test_on_a_cpu_the_engine_starts_first_and_reserves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=7))
+    app = create_app(
+        Settings(device="cpu"), engine_config=EngineConfig(model_path=tmp_path, served_model_name="x")
+    )
+    async with app.router.lifespan_context(app):
+        pass
+    assert events[:2] == ["engine start (reserved 0)", "images start"]
+
+
+async def test_on_a_gpu_a_failed_image_start_never_starts_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, fail=True))
+    app = create_app(
+        Settings(device="cuda"), engine_config=EngineConfig(model_path=tmp_path, served_model_name="x")
+    )
+    with pytest.raises(RuntimeError, match="no pipeline"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == ["images start"]
+    assert FakeAsyncEngine.instances == []
+
+
+async def test_on_a_gpu_a_failed_engine_start_shuts_the_images_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    async def failing_start(self: FakeAsyncEngine) -> None:
+        events.append("engine start")
+        raise RuntimeError("KV budget too small")
+
+    monkeypatch.setattr(FakeAsyncEngine, "start", failing_start)
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=1))
+    app = create_app(
+        Settings(device="cuda"), engine_config=EngineConfig(model_path=tmp_path, served_model_name="x")
+    )
+    with pytest.raises(RuntimeError, match="too small"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == ["images start", "engine start", "engine shutdown", "images shutdown"]
+
+
+async def test_on_a_cpu_a_failed_image_start_shuts_the_engine_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, fail=True))
+    app = create_app(
+        Settings(device="cpu"), engine_config=EngineConfig(model_path=tmp_path, served_model_name="x")
+    )
+    with pytest.raises(RuntimeError, match="no pipeline"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == ["engine start (reserved 0)", "images start", "engine shutdown"]

@@ -3,6 +3,9 @@ and a loaded engine that never produces NaN/inf. Run by scripts/gpu_check.sh (`p
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -156,3 +159,39 @@ def test_prefill_kernel_matches_reference(dtype: torch.dtype, heads: int, kv_hea
     )
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=0)
+
+
+def test_the_image_pipelines_peak_is_kept_out_of_the_kv_cache(tmp_path: Path) -> None:
+    from model_runtime import resolve_model
+    from model_runtime.config import EngineConfig
+    from model_runtime.engine import Engine
+    from model_runtime.images import load_image_model, peak_device_bytes, resolve_image_model
+    from tests.model_runtime.images.tiny_pipeline import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "tiny-sd")
+    images = load_image_model(resolve_image_model(str(folder)), device="cuda")
+    measured = peak_device_bytes(images, 16)
+    assert measured > 0
+    path = resolve_model("random:smollm2-135m").path
+
+    def kv_blocks(reserved: int) -> tuple[int, int]:
+        config = EngineConfig(
+            model_path=path,
+            served_model_name="random",
+            enforce_eager=True,
+            reserved_gpu_memory_bytes=reserved,
+        )
+        engine = Engine(config)
+        blocks = engine.runner.num_blocks
+        per_block = ModelRunner.kv_bytes_per_block(engine.model, config.block_size, engine.dtype)
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        return blocks, per_block
+
+    # The tiny pipeline's peak is a few MiB; 2 GiB more makes the difference stand out of the noise.
+    reserved = measured + 2 * 2**30
+    without, per_block = kv_blocks(0)
+    with_images, _ = kv_blocks(reserved)
+    expected = reserved / per_block
+    assert abs((without - with_images) - expected) <= 0.02 * expected + 64
