@@ -10,8 +10,9 @@ HTTP_PACKAGES = ("fastapi", "pydantic", "starlette", "sse_starlette", "uvicorn",
 PROBE = """
 import sys
 import model_runtime
-from model_runtime import AsyncEngine, resolve_model  # the lazy names load their modules
+from model_runtime import AsyncEncoder, AsyncEngine, resolve_model  # the lazy names load their modules
 import model_runtime.engine, model_runtime.models.fetch, model_runtime.models.gguf_convert
+import model_runtime.encoder
 loaded = sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1:]))
 print(",".join(loaded))
 """
