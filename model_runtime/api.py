@@ -259,6 +259,15 @@ class EncoderClient(Protocol):
     @property
     def info(self) -> ModelInfo: ...
 
+    def encode(self, text: str) -> list[int]:
+        """The model's token ids for `text`, its special tokens included (as `embed` counts them).
+        Cheap enough to call on the event loop."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Ids in [0, info.vocab_size) -> text, special tokens skipped."""
+        ...
+
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         """Strings are tokenized with the model's tokenizer; token-id inputs are used as given.
         Raises ContextLengthExceeded / InvalidPrompt for an input the model cannot take."""

@@ -166,6 +166,11 @@ class Encoder:
         )
         self.model.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # A fast tokenizer's first call may switch off a truncation or padding its tokenizer.json
+        # sets, a write to the shared Rust object. Made here, on the loading thread, every later
+        # call only reads it, so the event loop (`/tokenize`) and the encoder's thread (`embed`)
+        # may tokenize at the same time.
+        self.encode("")
         vocab_size = self.model.get_input_embeddings().num_embeddings
         self.dimensions = int(config.hidden_size)
         self.info = ModelInfo(
@@ -188,6 +193,12 @@ class Encoder:
         """The model's tokens for `text`, with its special tokens ([CLS] ... [SEP] for BERT)."""
         ids: list[int] = self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
         return ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Ids -> text with the model's tokenizer, special tokens skipped. The ids must be in its
+        vocabulary (the caller checks `info.vocab_size`)."""
+        text: str = self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return text
 
     def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         token_ids = [self.encode(i) if isinstance(i, str) else list(i) for i in inputs]
@@ -294,6 +305,15 @@ class AsyncEncoder:
     @property
     def info(self) -> ModelInfo:
         return self.encoder.info
+
+    # Tokenizing runs on the caller's thread, not the encoder's: a fast (Rust) tokenizer takes
+    # microseconds per prompt, as the language model's tokenizer does on the event loop, while a
+    # trip through the encoder's thread would queue `/tokenize` behind whole forward passes.
+    def encode(self, text: str) -> list[int]:
+        return self.encoder.encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.encoder.decode(token_ids)
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         if not self.is_alive():

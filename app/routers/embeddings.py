@@ -28,10 +28,10 @@ async def create_embeddings(body: EmbeddingRequest, engine: EngineDep, encoder: 
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
-async def tokenize(body: TokenizeRequest, engine: EngineDep) -> Response:
-    return json_response(embeddings.tokenize(body, engine))
+async def tokenize(body: TokenizeRequest, engine: EngineDep, encoder: EncoderDep) -> Response:
+    return json_response(embeddings.tokenize(body, engine, encoder))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
-async def detokenize(body: DetokenizeRequest, engine: EngineDep) -> Response:
-    return json_response(embeddings.detokenize(body, engine))
+async def detokenize(body: DetokenizeRequest, engine: EngineDep, encoder: EncoderDep) -> Response:
+    return json_response(embeddings.detokenize(body, engine, encoder))

@@ -68,7 +68,30 @@ async def create_embeddings(
     )
 
 
-def tokenize(body: TokenizeRequest, engine: EngineClient) -> TokenizeResponse:
+def _embedding_model(encoder: EncoderClient | None, model: str | None) -> EncoderClient | None:
+    """The dedicated embedding model when `model` names it; None for the language model."""
+    if model is None or embedding_model_named(encoder, model) is None:
+        return None
+    return encoder
+
+
+def tokenize(
+    body: TokenizeRequest, engine: EngineClient, encoder: EncoderClient | None = None
+) -> TokenizeResponse:
+    """With `model` naming the dedicated embedding model, its tokenizer's ids (special tokens
+    included, as /v1/embeddings counts them); otherwise the language model's, as before."""
+    embedding = _embedding_model(encoder, body.model)
+    if embedding is not None:
+        if body.messages is not None:
+            raise APIError(
+                400,
+                f"The model `{embedding.info.id}` is an embedding model and has no chat template; "
+                "send 'prompt'.",
+                param="messages",
+                code="model_not_supported",
+            )
+        tokens = embedding.encode(body.prompt or "")
+        return TokenizeResponse(count=len(tokens), max_model_len=embedding.info.max_model_len, tokens=tokens)
     info = served_model(engine, body.model) if body.model is not None else engine.model_info
     if body.messages is not None:
         tokens = engine.render_chat([m.to_chat_message() for m in body.messages])
@@ -77,7 +100,18 @@ def tokenize(body: TokenizeRequest, engine: EngineClient) -> TokenizeResponse:
     return TokenizeResponse(count=len(tokens), max_model_len=info.max_model_len, tokens=tokens)
 
 
-def detokenize(body: DetokenizeRequest, engine: EngineClient) -> DetokenizeResponse:
+def detokenize(
+    body: DetokenizeRequest, engine: EngineClient, encoder: EncoderClient | None = None
+) -> DetokenizeResponse:
+    embedding = _embedding_model(encoder, body.model)
+    if embedding is not None:
+        vocab = embedding.info.vocab_size
+        if any(not 0 <= t < vocab for t in body.tokens):
+            raise InvalidPrompt(
+                f"token ids must be in [0, {vocab}) for the embedding model {embedding.info.id}",
+                param="tokens",
+            )
+        return DetokenizeResponse(prompt=embedding.decode(body.tokens))
     info = served_model(engine, body.model) if body.model is not None else engine.model_info
     vocab = info.vocab_size
     if any(not 0 <= t < vocab for t in body.tokens):

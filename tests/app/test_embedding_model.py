@@ -144,6 +144,63 @@ async def test_bad_requests_get_the_openai_envelope(
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
 
 
+async def test_tokenize_with_the_embedding_model_uses_its_tokenizer(
+    client: httpx.AsyncClient, bert: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bert, local_files_only=True)
+    text = "the cat sat on a mat"
+    expected = tokenizer(text)["input_ids"]
+    assert expected[0] == WORDS.index("[CLS]") and expected[-1] == WORDS.index("[SEP]")
+    response = await client.post("/tokenize", json={"model": MODEL, "prompt": text})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body == {"count": len(expected), "max_model_len": MAX_POSITIONS, "tokens": expected}
+    # The same count /v1/embeddings bills for that text.
+    usage = (await client.post(EMBED, json=embed(input=text))).json()["usage"]
+    assert usage["prompt_tokens"] == body["count"]
+
+    back = await client.post("/detokenize", json={"model": MODEL, "tokens": body["tokens"]})
+    assert back.status_code == 200, back.text
+    assert back.json() == {"prompt": text} == {"prompt": tokenizer.decode(expected, skip_special_tokens=True)}
+
+
+async def test_tokenizer_endpoints_still_serve_the_language_model(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    for model in ("fake-model", None):
+        fields = {} if model is None else {"model": model}
+        body = (await client.post("/tokenize", json={"prompt": "to be or not", **fields})).json()
+        assert body["tokens"] == engine.encode("to be or not")
+        assert body["max_model_len"] == engine.max_model_len
+        back = (await client.post("/detokenize", json={"tokens": body["tokens"], **fields})).json()
+        assert back == {"prompt": "to be or not"}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param", "code"),
+    [
+        ("/detokenize", {"tokens": [2, len(WORDS)]}, "tokens", "invalid_request_error"),
+        ("/detokenize", {"tokens": [-1]}, "tokens", "invalid_request_error"),
+        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, "messages", "model_not_supported"),
+    ],
+)
+async def test_bad_tokenizer_requests_for_the_embedding_model(
+    client: httpx.AsyncClient,
+    openapi: OpenAPISchemas,
+    path: str,
+    fields: dict[str, Any],
+    param: str,
+    code: str,
+) -> None:
+    response = await client.post(path, json={"model": MODEL, **fields})
+    assert response.status_code == 400, response.text
+    openapi.validate("ErrorResponse", response.json())
+    error = response.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
