@@ -26,6 +26,16 @@ def resolved_encoder(settings: Settings) -> ResolvedEncoder | None:
     return resolve_encoder(settings.embedding_model, settings.embedding_model_name)
 
 
+def encoder_first(settings: Settings) -> bool:
+    """Whether the embedding model loads before the text engine: when it runs on the GPU, so that
+    its weights are resident when the engine measures free memory for its KV cache."""
+    if settings.embedding_model is None:
+        return False
+    from model_runtime.images import runs_on_cuda
+
+    return runs_on_cuda(settings.device)
+
+
 async def start_encoder(settings: Settings, taken: Collection[str] = ()) -> AsyncEncoder | None:
     """Loads the embedding model, if any. `taken` are the ids of the other served models: one id
     naming two models would make `model` in a request ambiguous, so that is a ValueError."""

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 import model_runtime
 from app.admission import Admission
-from app.embedding_runtime import start_encoder
+from app.embedding_runtime import encoder_first, start_encoder
 from app.errors import install_error_handlers
 from app.image_runtime import images_first, start_image_worker
 from app.image_store import ImageStore
@@ -28,6 +29,9 @@ from app.settings import Settings, get_settings
 from app.watchdog import Watchdog
 from model_runtime import EncoderClient, EngineClient, EngineConfig
 from model_runtime.images import AsyncImageWorker, ImageClient
+
+if TYPE_CHECKING:
+    from model_runtime.encoder import AsyncEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +60,7 @@ def _engine_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = engine_config or await asyncio.to_thread(engine_config_from_settings, settings)
-        engine, image_worker = await _start_engine_and_images(settings, config)
-        try:
-            # So does the embedding model, when --embedding-model names one.
-            image_ids = [info.id for info in image_worker.models] if image_worker is not None else []
-            encoder = await start_encoder(settings, taken=[config.served_model_name, *image_ids])
-        except BaseException:
-            if image_worker is not None:
-                await image_worker.shutdown()
-            await _shutdown_quietly(engine)
-            raise
+        engine, image_worker, encoder = await _start_models(settings, config)
         app.state.engine = engine
         app.state.images = image_worker
         app.state.encoder = encoder
@@ -109,32 +104,56 @@ def _start_watchdog(app: FastAPI, settings: Settings) -> Watchdog:
     return watchdog
 
 
-async def _start_engine_and_images(
+async def _start_models(
     settings: Settings, config: EngineConfig
-) -> tuple[model_runtime.AsyncEngine, AsyncImageWorker | None]:
-    """The text engine and the image worker, each loaded on a thread of its own. When they share a
-    GPU the image pipeline loads first, so its weights are taken before the engine measures free
-    memory, and the engine keeps the pipeline's measured peak out of its KV cache. Whichever
-    started is shut down when the other fails to."""
-    if not images_first(settings):
-        engine = await _start_engine(config)
-        try:
-            image_worker = await start_image_worker(settings)
-        except BaseException:
-            await _shutdown_quietly(engine)
-            raise
-        return engine, image_worker
-    image_worker = await start_image_worker(settings)
-    reserved = image_worker.reserved_device_bytes if image_worker is not None else 0
-    try:
-        engine = await _start_engine(
-            replace(config, reserved_gpu_memory_bytes=config.reserved_gpu_memory_bytes + reserved)
-        )
-    except BaseException:
+) -> tuple[model_runtime.AsyncEngine, AsyncImageWorker | None, AsyncEncoder | None]:
+    """The text engine, the image worker and the embedding model, each loaded on a thread of its
+    own. On a CPU the engine starts first. What shares the engine's GPU starts before it (the image
+    pipeline, then the embedding model), so its weights are taken before the engine measures free
+    memory; the engine also keeps the image pipeline's measured peak out of its KV cache (the
+    encoder's activations are not reserved). Whatever started is shut down, last first, when a
+    later start fails."""
+    shutdowns: list[Callable[[], Awaitable[None]]] = []
+    image_worker: AsyncImageWorker | None = None
+    encoder: AsyncEncoder | None = None
+
+    async def images() -> None:
+        nonlocal image_worker
+        image_worker = await start_image_worker(settings)
         if image_worker is not None:
-            await image_worker.shutdown()
+            shutdowns.append(image_worker.shutdown)
+
+    async def embeddings() -> None:
+        nonlocal encoder
+        # One id naming two models would make `model` ambiguous; the engine's id is its config's.
+        image_ids = [info.id for info in image_worker.models] if image_worker is not None else []
+        encoder = await start_encoder(settings, taken=[config.served_model_name, *image_ids])
+        if encoder is not None:
+            shutdowns.append(encoder.shutdown)
+
+    gpu_images, gpu_encoder = images_first(settings), encoder_first(settings)
+    try:
+        if gpu_images:
+            await images()
+        if gpu_encoder:
+            await embeddings()
+        reserved = image_worker.reserved_device_bytes if image_worker is not None else 0
+        if reserved:
+            config = replace(config, reserved_gpu_memory_bytes=config.reserved_gpu_memory_bytes + reserved)
+        engine = await _start_engine(config)
+        shutdowns.append(lambda: _shutdown_quietly(engine))
+        if not gpu_images:
+            await images()
+        if not gpu_encoder:
+            await embeddings()
+    except BaseException:
+        for shutdown in reversed(shutdowns):
+            try:
+                await shutdown()
+            except Exception:
+                logger.exception("a shutdown after a failed start also failed")
         raise
-    return engine, image_worker
+    return engine, image_worker, encoder
 
 
 async def _start_engine(config: EngineConfig) -> model_runtime.AsyncEngine:

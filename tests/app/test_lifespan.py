@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import model_runtime
 from app import main as app_main
+from app.embedding_runtime import encoder_first
 from app.image_runtime import images_first
 from app.main import create_app
 from app.settings import Settings
@@ -225,3 +227,163 @@ async def test_on_a_cpu_a_failed_image_start_shuts_the_engine_down(
         async with app.router.lifespan_context(app):
             pass
     assert events == ["engine start (reserved 0)", "images start", "engine shutdown"]
+
+
+class FakeEncoder:
+    """Stands in for a started AsyncEncoder, sharing the record of events."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def shutdown(self) -> None:
+        self.events.append("encoder shutdown")
+
+
+def fake_encoder_start(events: list[str], fail: bool = False):  # type: ignore[no-untyped-def]
+    async def start_encoder(settings: Settings, taken: Collection[str] = ()) -> FakeEncoder | None:
+        if settings.embedding_model is None:
+            return None
+        events.append(f"encoder start (taken {list(taken)})")
+        if fail:
+            raise RuntimeError("no encoder weights")
+        return FakeEncoder(events)
+
+    return start_encoder
+
+
+@pytest.mark.parametrize(
+    ("device", "embedding_model", "cuda_available", "first"),
+    [
+        ("cpu", "/models/bert", True, False),
+        ("cuda", "/models/bert", False, True),
+        ("auto", "/models/bert", True, True),
+        ("auto", "/models/bert", False, False),
+        ("cuda", None, True, False),
+    ],
+)
+def test_the_encoder_starts_first_only_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    embedding_model: str | None,
+    cuda_available: bool,
+    first: bool,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    settings = Settings(device=device, embedding_model=embedding_model)  # type: ignore[arg-type]
+    assert encoder_first(settings) is first
+
+
+async def test_on_a_gpu_the_images_and_the_encoder_start_before_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=4))
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
+    settings = Settings(device="cuda", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    async with app.router.lifespan_context(app):
+        assert isinstance(app.state.encoder, FakeEncoder)
+    assert events == [
+        "images start",
+        "encoder start (taken ['x'])",
+        "engine start (reserved 4)",
+        "encoder shutdown",
+        "images shutdown",
+        "engine shutdown",
+    ]
+
+
+async def test_on_a_gpu_without_images_the_encoder_starts_before_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    settings = Settings(device="auto", image_model="none", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    async with app.router.lifespan_context(app):
+        pass
+    assert events[:2] == ["encoder start (taken ['x'])", "engine start (reserved 0)"]
+
+
+async def test_on_a_cpu_the_encoder_starts_last(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events))
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
+    settings = Settings(device="cpu", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    async with app.router.lifespan_context(app):
+        pass
+    assert events[:3] == ["engine start (reserved 0)", "images start", "encoder start (taken ['x'])"]
+
+
+async def test_on_a_gpu_a_failed_engine_start_shuts_the_encoder_and_images_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    async def failing_start(self: FakeAsyncEngine) -> None:
+        events.append("engine start")
+        raise RuntimeError("KV budget too small")
+
+    monkeypatch.setattr(FakeAsyncEngine, "start", failing_start)
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=1))
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
+    settings = Settings(device="cuda", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    with pytest.raises(RuntimeError, match="too small"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == [
+        "images start",
+        "encoder start (taken ['x'])",
+        "engine start",
+        "engine shutdown",
+        "encoder shutdown",
+        "images shutdown",
+    ]
+    assert app.state.encoder is None
+
+
+async def test_on_a_gpu_a_failed_encoder_start_never_starts_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events))
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events, fail=True))
+    settings = Settings(device="cuda", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    with pytest.raises(RuntimeError, match="no encoder weights"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == ["images start", "encoder start (taken ['x'])", "images shutdown"]
+    assert FakeAsyncEngine.instances == []
+
+
+async def test_on_a_gpu_a_failed_image_start_leaves_the_encoder_unstarted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, fail=True))
+    monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
+    settings = Settings(device="cuda", embedding_model=str(tmp_path))
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    with pytest.raises(RuntimeError, match="no pipeline"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == ["images start"]
+
+
+async def test_on_a_gpu_the_id_clash_is_caught_before_the_engine_starts(
+    tmp_path: Path, events: list[str]
+) -> None:
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    settings = Settings(
+        device="cuda", image_model="none", embedding_model=str(folder), embedding_model_name="x"
+    )
+    app = create_app(settings, engine_config=EngineConfig(model_path=tmp_path, served_model_name="x"))
+    with pytest.raises(ValueError, match="already another served model's"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert events == []
+    assert FakeAsyncEngine.instances == []
