@@ -192,3 +192,20 @@ async def test_async_encoder_runs_off_the_event_loop(bert: Path, encoder: Encode
     finally:
         await async_encoder.shutdown()
     assert not async_encoder.is_alive()
+
+
+async def test_async_encoder_tokenizes_with_the_model_tokenizer(bert: Path, encoder: Encoder) -> None:
+    async_encoder = AsyncEncoder(resolve_encoder(str(bert)), "cpu")
+    with pytest.raises(RuntimeError, match="not loaded"):
+        async_encoder.encode("hello")
+    await async_encoder.start()
+    try:
+        ids = async_encoder.encode("hello world")
+        assert ids == encoder.encode("hello world") == [2, WORDS.index("hello"), WORDS.index("world"), 3]
+        assert async_encoder.decode(ids) == "hello world"
+        # Tokenizing on the event loop while the encoder's thread embeds.
+        pending = asyncio.ensure_future(async_encoder.embed(TEXTS * 8))
+        assert [async_encoder.encode(t) for t in TEXTS] == [encoder.encode(t) for t in TEXTS]
+        assert len((await pending).vectors) == len(TEXTS) * 8
+    finally:
+        await async_encoder.shutdown()
