@@ -15,8 +15,8 @@ from app.services.models import (
     embedding_model_named,
     embeddings_only,
     image_model_named,
+    images_only,
     served_model,
-    wrong_kind,
 )
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -52,7 +52,7 @@ async def model_not_served(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelNotServed)
     state = request.app.state
     if image_model_named(getattr(state, "images", None), exc.model) is not None:
-        return wrong_kind(exc.model).to_response()
+        return images_only(exc.model).to_response()
     if embedding_model_named(getattr(state, "encoder", None), exc.model) is not None:
         return embeddings_only(exc.model).to_response()
     return exc.to_response()

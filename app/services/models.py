@@ -31,24 +31,24 @@ def image_model_named(images: ImageClient | None, requested: str) -> ImageModelI
     return None if images is None else images.model(requested)
 
 
-def wrong_kind(model: str) -> APIError:
-    return APIError(
-        400,
-        f"The model `{model}` is an image model; use it with /v1/images/generations.",
-        param="model",
-        code="model_not_supported",
-    )
-
-
 def embedding_model_named(encoder: EncoderClient | None, requested: str) -> ModelInfo | None:
     """The dedicated embedding model's info when `requested` names it."""
     return encoder.info if encoder is not None and encoder.info.id == requested else None
 
 
-def embeddings_only(model: str) -> APIError:
+def wrong_kind(model: str, kind: str, endpoint: str) -> APIError:
+    """A served model asked for on an endpoint of another kind (`kind`: "an image model")."""
     return APIError(
         400,
-        f"The model `{model}` is an embedding model; use it with /v1/embeddings.",
+        f"The model `{model}` is {kind}; use it with {endpoint}.",
         param="model",
         code="model_not_supported",
     )
+
+
+def images_only(model: str) -> APIError:
+    return wrong_kind(model, "an image model", "/v1/images/generations")
+
+
+def embeddings_only(model: str) -> APIError:
+    return wrong_kind(model, "an embedding model", "/v1/embeddings")
