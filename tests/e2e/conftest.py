@@ -9,10 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
+
+if TYPE_CHECKING:  # Playwright is imported only by the tests that drive a browser
+    from playwright.sync_api import Browser, Page
 
 MODEL = "smollm2-135m-instruct"
 STARTUP_TIMEOUT_S = 180
@@ -120,3 +124,20 @@ def keyed_server(default_model_path: Path, tmp_path_factory: pytest.TempPathFact
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+# The playground tests' browser: Debian's Chromium, one per test module, a fresh page per test.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    from tests.e2e.chromium import chromium
+
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    from tests.e2e.chromium import new_page
+
+    with new_page(browser) as page:
+        yield page

@@ -6,25 +6,10 @@ Screenshots of each round trip are saved under artifacts/playground/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from playwright.sync_api import Page, expect
 
-import pytest
-from playwright.sync_api import Browser, Page, expect
-
-from tests.e2e.chromium import ARTIFACTS, chromium, new_page
+from tests.e2e.chromium import ARTIFACTS
 from tests.e2e.conftest import API_KEY, MODEL, Server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with new_page(browser) as page:
-        yield page
 
 
 def open_playground(page: Page, server: Server) -> None:

@@ -3,25 +3,11 @@ model: an image generated and shown, in both response formats. Screenshots under
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.e2e.chromium import ARTIFACTS, chromium, new_page
+from tests.e2e.chromium import ARTIFACTS
 from tests.e2e.conftest import MODEL, Server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with new_page(browser) as page:
-        yield page
 
 
 @pytest.mark.parametrize("response_format", ["b64_json", "url"])
