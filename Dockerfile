@@ -17,6 +17,9 @@ ARG VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C++ compiler for the CPU linear kernels, which `atenea pull` builds into $ATENEA_HOME/kernels
+# in the model stage; the final image carries the built library, not the compiler (bookworm's g++).
+RUN apt-get update && apt-get install -y --no-install-recommends "g++=4:12.2.0-3" && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/atenea
 ENV PATH=/opt/atenea/bin:$PATH
 RUN case "$VARIANT" in \

