@@ -7,8 +7,9 @@ chunk in its own call (there are few per step: the token budget bounds them).
 
 Decodes take one of two paths. With `block_tables` set, attention reads the cache through each
 sequence's block table: a Triton kernel on a GPU (nothing gathered, a fixed launch shape that CUDA
-graphs capture), its plain-torch twin elsewhere. Otherwise every decode's context slots arrive
-padded to one length and are gathered for one batched SDPA call, the faster way on a CPU.
+graphs capture), a C++ kernel on an AVX2 CPU (`cpu_attention.cpp`), their plain-torch twin
+elsewhere. Otherwise every decode's context slots arrive padded to one length and are gathered for
+one batched SDPA call, the faster way on a CPU without the C++ kernel.
 
 Prefill chunks likewise: with `prefill_tables` set, one call reads every chunk's context through
 its block table (a Triton kernel on a GPU); otherwise each chunk gets an SDPA call of its own,
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model_runtime.kernels.cpu_extension import load_kernels
 from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
 from model_runtime.kernels.paged_prefill import paged_prefill, paged_prefill_reference
 
@@ -108,7 +110,10 @@ def _decodes(q: torch.Tensor, cache: KVCache, meta: AttentionMetadata, scale: fl
     if meta.block_tables is not None:
         assert meta.context_lens is not None
         args = (q, cache.keys, cache.values, meta.block_tables, meta.context_lens, meta.block_size, scale)
-        return paged_decode(*args) if q.is_cuda else paged_decode_reference(*args)
+        if q.is_cuda:
+            return paged_decode(*args)
+        kernels = load_kernels()
+        return kernels.paged_decode(*args) if kernels is not None else paged_decode_reference(*args)
     assert meta.decode_slots is not None
     return _decode(q, cache, meta.decode_slots, meta.decode_mask, scale)
 

@@ -13,6 +13,7 @@ import torch
 
 from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
 from model_runtime.decode_graphs import DecodeGraphs
+from model_runtime.kernels.cpu_extension import load_kernels
 from model_runtime.kernels.paged_decode import triton_available
 from model_runtime.models.llama import LlamaModel
 from model_runtime.scheduler import Batch, ScheduledChunk
@@ -55,9 +56,14 @@ class ModelRunner:
             )
             for _ in range(s.num_layers)
         ]
-        self.block_table_decodes = self.device.type == "cuda" and triton_available()
+        # Decodes read the cache through block tables where a kernel does it (Triton on a GPU, C++
+        # on an AVX2 CPU); prefill chunks do on a GPU, and get an SDPA call each on a CPU.
+        self.block_table_prefills = self.device.type == "cuda" and triton_available()
+        self.block_table_decodes = self.block_table_prefills or (
+            self.device.type == "cpu" and self.dtype == torch.float32 and load_kernels() is not None
+        )
         self.graphs: DecodeGraphs | None = None
-        if self.block_table_decodes and cuda_graphs:
+        if self.block_table_prefills and cuda_graphs:
             max_len = max_model_len or num_blocks * block_size
             self.graphs = DecodeGraphs(
                 model,
@@ -109,11 +115,13 @@ class ModelRunner:
         if self.block_table_decodes:
             decode_slots = decode_mask = None
             block_tables, context_lens = self._decode_tables(batch.decodes)
-            prefills = []
-            prefill_tables = self._prefill_tables(batch)
         else:
             decode_slots, decode_mask = self._decode_context(batch.decodes)
             block_tables = context_lens = None
+        if self.block_table_prefills:
+            prefills = []
+            prefill_tables = self._prefill_tables(batch)
+        else:
             prefills = self._prefill_slices(batch)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(self.device, non_blocking=True),

@@ -38,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _build_cpu_kernels() -> None:
     """Compiles the CPU linear kernels now (about a minute, once) rather than at the first `serve`."""
-    from model_runtime.kernels import cpu_blockq
+    from model_runtime.kernels import cpu_extension
 
-    if not cpu_blockq.cpu_supports_kernels():
+    if not cpu_extension.cpu_supports_kernels():
         return
     started = time.perf_counter()
-    built = cpu_blockq.load_kernels() is not None
+    built = cpu_extension.load_kernels() is not None
     state = "ready" if built else "unavailable (float weights will be used)"
     print(f"CPU kernels: {state} ({time.perf_counter() - started:.1f}s)")

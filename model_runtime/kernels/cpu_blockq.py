@@ -1,33 +1,25 @@
 """Linear layers on the CPU over compressed weights: GGUF's Q4_1 and Q8_0 blocks, or fp16.
 
-`cpu_blockq.cpp` holds the kernels (AVX2, fp32 arithmetic); this module builds them once per
-source and torch version into the Atenea cache, packs weights into their tiled layout and decides
-the format. A weight that is exactly a block grid, `d * q + m` per block of 32 as a Q4_1 or Q8_0
-GGUF leaves it after conversion (the default model is one), keeps that form: nothing is lost, and a
-decode step reads a quarter of the bytes of fp16. Other weights go to fp16 when the model runs with
-fp16 weights (the CPU default), as the float path would round them. Without AVX2, a C++ compiler
-or a shape the tiles fit, `cpu_linear` keeps torch's float kernels.
+`cpu_blockq.cpp` holds the kernels (AVX2, fp32 arithmetic, built by `cpu_extension`); this
+module packs weights into their tiled layout and decides the format. A weight that is exactly a
+block grid, `d * q + m` per block of 32 as a Q4_1 or Q8_0 GGUF leaves it after conversion (the
+default model is one), keeps that form: nothing is lost, and a decode step reads a quarter of the
+bytes of fp16. Other weights go to fp16 when the model runs with fp16 weights (the CPU default),
+as the float path would round them. Without AVX2, a C++ compiler or a shape the tiles fit,
+`cpu_linear` keeps torch's float kernels.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import sys
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import cache
-from pathlib import Path
-from types import ModuleType
 
 import torch
 
-log = logging.getLogger(__name__)
+from model_runtime.kernels.cpu_extension import load_kernels
 
 QK = 32  # weights per block along K
 TILE = 16  # output rows the kernels compute side by side
-SOURCE = Path(__file__).with_name("cpu_blockq.cpp")
 # A weight counts as a block grid when rebuilding it from the packed form is off by no more than
 # this fraction of a block's step (plus a few float ulps): float rounding, not quantization.
 GRID_TOLERANCE = 1e-3
@@ -48,42 +40,6 @@ class PackedWeight:
     d: torch.Tensor  # [N / 16, K / 32, 16] float32 block scales (empty for F16)
     m: torch.Tensor  # [N / 16, K / 32, 16] float32 block offsets (empty unless Q4_1)
     out_features: int
-
-
-def cpu_supports_kernels() -> bool:
-    """AVX2 with FMA on x86-64 (the kernels' instruction set), and a CPU build of torch."""
-    if sys.platform != "linux" or os.uname().machine != "x86_64":
-        return False
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-
-
-def build_dir() -> Path:
-    home = Path(os.environ.get("ATENEA_HOME") or Path.home() / ".cache" / "atenea")
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    return home / "kernels" / f"cpu_blockq-{digest}"
-
-
-@cache
-def load_kernels() -> ModuleType | None:
-    """The compiled kernels, built on first use (about a minute, then cached); None when unavailable."""
-    if os.environ.get("ATENEA_CPU_BLOCKQ", "1") == "0" or not cpu_supports_kernels():
-        return None
-    from torch.utils.cpp_extension import load
-
-    folder = build_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        return load(
-            name="atenea_cpu_blockq",
-            sources=[str(SOURCE)],
-            build_directory=str(folder),
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - a missing compiler must not stop the server
-        log.warning("CPU int8 kernels unavailable, using float weights: %s", exc)
-        return None
 
 
 def fits(weight: torch.Tensor) -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from model_runtime.kernels import cpu_blockq
+from model_runtime.kernels.cpu_extension import load_kernels
 
 # oneDNN picks its kernel by the row count it packed for; 16 serves batched steps well.
 PACKED_FOR_ROWS = 16
@@ -75,7 +76,7 @@ class CpuLinear(nn.Module):
 
 def use_cpu_linears(model: nn.Module, half_weights: bool) -> int:
     """Replaces every fp32 nn.Linear in `model` by a CpuLinear; returns how many it replaced."""
-    blockq = cpu_blockq.load_kernels() is not None
+    blockq = load_kernels() is not None
     half_weights = half_weights and (blockq or fp16_weights_available())
     linears = [
         (parent, name, child)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_runtime.attention import AttentionMetadata, KVCache, paged_attention
+from model_runtime.kernels.cpu_extension import load_kernels
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,13 @@ def rope_inv_freq(config: Any) -> tuple[torch.Tensor, float]:
     return ROPE_INIT_FUNCTIONS[rope_type](config, None)
 
 
+def cpu_kernels(x: torch.Tensor) -> Any:
+    """The C++ kernels module when `x` is an fp32 CPU tensor they can take, else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    return load_kernels()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -80,6 +88,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
+            kernels = cpu_kernels(x)
+            if kernels is not None and x.dim() == 2:
+                return kernels.rms_norm(x, self.weight, self.eps)
             # One fused kernel, bit-identical to the reference's arithmetic in fp32.
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Lower precision: normalise in fp32 and cast back before the weight, as the reference does.
@@ -125,7 +136,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=s.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        kernels = cpu_kernels(gate_up)
+        if kernels is not None and gate_up.dim() == 2:
+            return self.down_proj(kernels.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         # In place: both halves are views of a fresh projection nobody else holds.
         return self.down_proj(F.silu(gate, inplace=True).mul_(up))
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.kernels import cpu_blockq
+from model_runtime.kernels import cpu_blockq, cpu_extension
 from model_runtime.kernels.cpu_blockq import Format
 from model_runtime.models.cpu_linear import CpuLinear
 
 pytestmark = pytest.mark.skipif(
-    not cpu_blockq.cpu_supports_kernels(), reason="the kernels are for x86-64 CPUs with AVX2"
+    not cpu_extension.cpu_supports_kernels(), reason="the kernels are for x86-64 CPUs with AVX2"
 )
 
 
@@ -38,7 +38,7 @@ def float_weights(n: int, k: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_the_kernels_build_on_this_machine() -> None:
-    assert cpu_blockq.load_kernels() is not None
+    assert cpu_extension.load_kernels() is not None
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,7 @@ def test_runner_block_table_path_matches_the_gathering_path_on_mixed_steps() -> 
     results = []
     for block_tables in (False, True):
         runner = ModelRunner(model, num_blocks=32, block_size=4, cuda_graphs=False)
-        runner.block_table_decodes = block_tables
+        runner.block_table_decodes = runner.block_table_prefills = block_tables
         blocks = BlockManager(32, 4)
         seqs = [
             Sequence(f"r{i}", list(p), len(p), SamplingParams(), max_total_tokens=64)

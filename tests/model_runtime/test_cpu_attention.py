@@ -1,0 +1,50 @@
+"""The CPU decode-attention kernel against its torch twin over a shuffled paged cache, and the
+elementwise kernels (RMSNorm, SwiGLU) against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.kernels import cpu_extension
+from model_runtime.kernels.paged_decode import paged_decode_reference
+from tests.model_runtime.test_block_table_decode import BLOCK, random_cache
+
+pytestmark = pytest.mark.skipif(
+    not cpu_extension.cpu_supports_kernels(), reason="the kernels are for x86-64 CPUs with AVX2"
+)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 4, 32), (9, 3, 64), (8, 2, 16), (6, 2, 20)])
+def test_the_kernel_matches_the_reference(heads: int, kv_heads: int, dim: int) -> None:
+    kernels = cpu_extension.load_kernels()
+    assert kernels is not None
+    lengths = [1, 7, 16, 17, 70, 300]
+    q, keys, values, tables, lens = random_cache(heads, kv_heads, dim, lengths)
+    q = q * 3  # peaked softmaxes as well as flat ones
+    expected = paged_decode_reference(q, keys, values, tables, lens, BLOCK, dim**-0.5)
+    got = kernels.paged_decode(q, keys, values, tables, lens, BLOCK, dim**-0.5)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_a_sequence_gets_the_same_answer_alone_and_in_a_batch() -> None:
+    kernels = cpu_extension.load_kernels()
+    q, keys, values, tables, lens = random_cache(9, 3, 64, [5, 40, 33, 128])
+    together = kernels.paged_decode(q, keys, values, tables, lens, BLOCK, 0.125)
+    for i in range(4):
+        one = slice(i, i + 1)
+        alone = kernels.paged_decode(q[one], keys, values, tables[one], lens[one], BLOCK, 0.125)
+        assert torch.equal(alone[0], together[i])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100])  # 100: the threaded path
+@pytest.mark.parametrize("width", [64, 76])  # 76: a tail past the last full vector
+def test_rms_norm_and_swiglu_match_torch(rows: int, width: int) -> None:
+    kernels = cpu_extension.load_kernels()
+    x, weight = torch.randn(rows, width) * 4, torch.randn(width)
+    expected = torch.nn.functional.rms_norm(x, (width,), weight, 1e-5)
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-5), expected, atol=1e-5, rtol=1e-5)
+    gate_up = torch.randn(rows, 2 * width) * 30  # far into both tails of the sigmoid
+    gate, up = gate_up.chunk(2, dim=-1)
+    swiglu = torch.nn.functional.silu(gate) * up
+    torch.testing.assert_close(kernels.silu_mul(gate_up), swiglu, atol=1e-4, rtol=1e-5)
