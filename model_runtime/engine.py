@@ -32,6 +32,7 @@ from model_runtime.embedder import embed, prompt_logprobs
 from model_runtime.grammar import GrammarEngine, grammar_of
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
+from model_runtime.models.cpu_linear import weight_formats
 from model_runtime.models.loader import load_model
 from model_runtime.request_state import RequestState
 from model_runtime.sampler import RowLogprobs, SamplingBatch, sample
@@ -139,7 +140,7 @@ class Engine:
             config.served_model_name,
             self.device,
             self.dtype,
-            ", fp16 weights" if self.half_weights else "",
+            f", {'+'.join(formats)} weights" if (formats := weight_formats(self.model)) else "",
             time.perf_counter() - started,
             num_blocks,
             config.block_size,

@@ -204,6 +204,7 @@ class EngineRun:
     dtype: torch.dtype
     pad_id: int
     half_weights: bool  # the engine's CPU linears keep fp16 weights (the baseline has fp32 ones)
+    weights: str  # the formats of the engine's CPU linears ("Q4_1+Q8_0"), "" elsewhere
     decode_bytes: float  # weight and KV bytes the decode phase had to read
     decode_seconds: float  # the decode phase's steps, timed one by one
 
@@ -215,6 +216,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
     from app.bench.roofline import kv_bytes_per_token, weight_bytes
     from model_runtime.config import EngineConfig
     from model_runtime.engine import Engine
+    from model_runtime.models.cpu_linear import weight_formats
 
     config = EngineConfig(
         model_path=path,
@@ -239,7 +241,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
     ]
     shape = engine.model.shape
     element = 2 if engine.half_weights else torch_element_size(engine.dtype)
-    step_weights = weight_bytes(shape, element)
+    step_weights = packed_linear_bytes(engine.model) or weight_bytes(shape, element)
     per_token = kv_bytes_per_token(shape, torch_element_size(engine.dtype))
     read = {"bytes": 0.0, "seconds": 0.0}
 
@@ -258,9 +260,23 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         engine.dtype,
         pad_id,
         engine.half_weights,
+        "+".join(weight_formats(engine.model)),
         read["bytes"],
         read["seconds"],
     )
+
+
+def packed_linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step reads from linear layers held by the CPU kernels (Q4_1, Q8_0 or fp16
+    tiles, with their block scales); 0 when no layer is."""
+    from model_runtime.models.cpu_linear import CpuLinear
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, CpuLinear) and module.blockq is not None:
+            packed = module.blockq
+            total += packed.q.nbytes + packed.d.nbytes + packed.m.nbytes
+    return total
 
 
 def torch_element_size(dtype: torch.dtype) -> int:
@@ -359,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    weights = " (engine: fp16 weights, fp32 arithmetic)" if measured.half_weights else ""
+    weights = f" (engine: {measured.weights} weights, fp32 arithmetic)" if measured.weights else ""
     print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}{weights}")
     print(f"model:    {resolved.served_name} ({resolved.path})")
     print(

@@ -89,3 +89,15 @@ def use_cpu_linears(model: nn.Module, half_weights: bool) -> int:
     for parent, name, child in linears:
         setattr(parent, name, CpuLinear(child, half_weights, blockq))
     return len(linears)
+
+
+def weight_formats(model: nn.Module) -> list[str]:
+    """The formats the CPU linears of `model` hold their weights in (Q4_1, Q8_0, F16, fp16, fp32)."""
+    formats = set()
+    for module in model.modules():
+        if isinstance(module, CpuLinear):
+            if module.blockq is not None:
+                formats.add(module.blockq.format.name)
+            else:
+                formats.add("fp16" if module.half is not None else "fp32")
+    return sorted(formats)
