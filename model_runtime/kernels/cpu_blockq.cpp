@@ -262,10 +262,12 @@ torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys
 // In cpu_elementwise.cpp.
 torch::Tensor rms_norm_cpu(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 torch::Tensor silu_mul_cpu(const torch::Tensor& gate_up);
+void rope_cpu(torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("linear", &linear, "x @ W.T (+ bias) for tiled Q4_1 / Q8_0 / fp16 weights (see cpu_blockq.py)");
   mod.def("paged_decode", &paged_decode_cpu, "one query token per sequence over the paged KV cache");
   mod.def("rms_norm", &rms_norm_cpu, "x / sqrt(mean(x^2) + eps) * weight, row by row");
   mod.def("silu_mul", &silu_mul_cpu, "silu(gate) * up of a packed [T, 2I] projection");
+  mod.def("rope_", &rope_cpu, "rotary embedding, in place, on the first `heads` heads of each row");
 }

@@ -73,3 +73,38 @@ torch::Tensor silu_mul_cpu(const torch::Tensor& gate_up) {
   }
   return y;
 }
+
+// Rotary embedding (rotate-half layout), in place, on the first `heads` heads of each row of a
+// packed [T, (H + 2 KVH) * D] Q/K/V projection: the queries and keys; cos and sin are [T, D].
+void rope_cpu(torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && qkv.scalar_type() == torch::kFloat32, "qkv [T, N] fp32");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == torch::kFloat32 &&
+                  sin.scalar_type() == torch::kFloat32 && cos.numel() == sin.numel() && cos.numel() % qkv.size(0) == 0,
+              "cos and sin [T, D] fp32");
+  const int64_t rows = qkv.size(0), dim = cos.numel() / rows, half = dim / 2;
+  TORCH_CHECK(dim % 2 == 0 && heads * dim <= qkv.size(1), "head shapes");
+  float* xp = qkv.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  const int64_t stride = qkv.size(1);
+#pragma omp parallel for if (rows >= PARALLEL_ROWS)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* c = cp + r * dim;
+    const float* s = sp + r * dim;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x = xp + r * stride + h * dim;
+      int64_t i = 0;
+      for (; i + 8 <= half; i += 8) {
+        const __m256 x1 = _mm256_loadu_ps(x + i), x2 = _mm256_loadu_ps(x + half + i);
+        _mm256_storeu_ps(x + i, _mm256_fmsub_ps(x1, _mm256_loadu_ps(c + i), _mm256_mul_ps(x2, _mm256_loadu_ps(s + i))));
+        _mm256_storeu_ps(x + half + i,
+                         _mm256_fmadd_ps(x2, _mm256_loadu_ps(c + half + i), _mm256_mul_ps(x1, _mm256_loadu_ps(s + half + i))));
+      }
+      for (; i < half; ++i) {
+        const float x1 = x[i], x2 = x[half + i];
+        x[i] = x1 * c[i] - x2 * s[i];
+        x[half + i] = x2 * c[half + i] + x1 * s[half + i];
+      }
+    }
+  }
+}

@@ -1,7 +1,7 @@
 """The C++ kernels for x86 CPUs (AVX2), built once per source and torch version.
 
 `torch.utils.cpp_extension` compiles `cpu_blockq.cpp` (linear layers), `cpu_attention.cpp`
-(decode attention) and `cpu_elementwise.cpp` (RMSNorm, SwiGLU) with the system's C++ compiler
+(decode attention) and `cpu_elementwise.cpp` (RMSNorm, SwiGLU, RoPE) with the system's C++ compiler
 into `$ATENEA_HOME/kernels`, on first use or ahead of time by `atenea pull`: about a minute on two
 cores, then a load in milliseconds. Where they cannot be built (no AVX2, no compiler, another
 platform) `load_kernels` says so once and the runtime keeps torch's own kernels;

@@ -120,11 +120,19 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
         t = x.shape[0]
-        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        # Queries and keys are rotated together: half the kernel launches of rotating each.
-        qk = apply_rope(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)
+        kernels = cpu_kernels(qkv)
+        if kernels is not None and qkv.is_contiguous() and cos.is_contiguous():
+            # One pass over the rows, in place, instead of torch's five elementwise ops.
+            kernels.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads)
+            heads = [self.num_heads, self.num_kv_heads, self.num_kv_heads]
+            q, k, v = qkv.view(t, -1, self.head_dim).split(heads, dim=1)
+        else:
+            qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+            # Queries and keys are rotated together: half the kernel launches of rotating each.
+            qk = apply_rope(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            v = v.view(t, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, cache, meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
 

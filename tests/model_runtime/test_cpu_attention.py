@@ -1,5 +1,5 @@
 """The CPU decode-attention kernel against its torch twin over a shuffled paged cache, and the
-elementwise kernels (RMSNorm, SwiGLU) against torch."""
+elementwise kernels (RMSNorm, SwiGLU, rotary embedding) against torch."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ def test_rms_norm_and_swiglu_match_torch(rows: int, width: int) -> None:
     gate, up = gate_up.chunk(2, dim=-1)
     swiglu = torch.nn.functional.silu(gate) * up
     torch.testing.assert_close(kernels.silu_mul(gate_up), swiglu, atol=1e-4, rtol=1e-5)
+
+
+def test_rope_in_place_matches_the_models_torch_rotation() -> None:
+    from model_runtime.models.llama import apply_rope
+
+    kernels = cpu_extension.load_kernels()
+    t, heads, kv_heads, dim = 5, 4, 2, 24  # 12 = one vector and a tail per half
+    qkv = torch.randn(t, (heads + 2 * kv_heads) * dim)
+    angles = torch.rand(t, 1, dim // 2) * 6
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    qk = qkv[:, : (heads + kv_heads) * dim].reshape(t, heads + kv_heads, dim)
+    expected = apply_rope(qk, cos, sin)
+    rotated = qkv.clone()
+    kernels.rope_(rotated, cos.contiguous(), sin.contiguous(), heads + kv_heads)
+    torch.testing.assert_close(rotated[:, : (heads + kv_heads) * dim].view(t, -1, dim), expected)
+    assert torch.equal(rotated[:, (heads + kv_heads) * dim :], qkv[:, (heads + kv_heads) * dim :])  # values
