@@ -31,6 +31,8 @@ constexpr int64_t MR = 6;   // activation rows per register tile: 12 accumulator
 // Up to this many rows, weights expand in registers for each row (a step that reads weights more
 // than it computes); above it each tile expands once into a buffer that every row block reuses.
 constexpr int64_t DIRECT_ROWS = 1;
+// K rows of a tile expanded at a time: 256 x 16 fp32 is 16 KiB, half of L1 (a multiple of 32).
+constexpr int64_t K_CHUNK = 256;
 
 enum Format : int64_t { Q4_1 = 0, Q8_0 = 1, F16 = 2 };
 
@@ -90,11 +92,12 @@ struct Expander {
   }
 };
 
-// Calls f(k) for every k in order, loading each block's scales into `es` first.
+// Calls f(k) for every k in [begin, end) in order, loading each block's scales into `es` first
+// (begin and end on block boundaries).
 template <Format F, int G, typename Fn>
-inline void each_k(int64_t k_len, Expander<F>* es, Fn&& f) {
-  const int64_t block = F == F16 ? k_len : QK;
-  for (int64_t k0 = 0; k0 < k_len; k0 += block) {
+inline void each_k(int64_t begin, int64_t end, Expander<F>* es, Fn&& f) {
+  const int64_t block = F == F16 ? end - begin : QK;
+  for (int64_t k0 = begin; k0 < end; k0 += block) {
     for (int g = 0; g < G; ++g) es[g].block(k0 / QK);
     for (int64_t k = k0; k < k0 + block; ++k) f(k);
   }
@@ -102,10 +105,21 @@ inline void each_k(int64_t k_len, Expander<F>* es, Fn&& f) {
 
 // Rows [0, ROWS) of x (stride ldx) times the expanded tile in `buf`, into y (stride ldy).
 // Accumulators are named, not an array: GCC keeps an array of them in memory, storing each every k.
+// With `resume`, the sums continue from what y holds (the previous K chunk's), else from zero.
 template <int ROWS>
-inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy) {
+inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy,
+                      bool resume) {
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
   __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+#define ATENEA_LOAD(i)                           \
+  if constexpr (ROWS > i) {                      \
+    a##i##0 = _mm256_loadu_ps(y + i * ldy);      \
+    a##i##1 = _mm256_loadu_ps(y + i * ldy + 8);  \
+  }
+  if (resume) {
+    ATENEA_LOAD(0) ATENEA_LOAD(1) ATENEA_LOAD(2) ATENEA_LOAD(3) ATENEA_LOAD(4) ATENEA_LOAD(5)
+  }
+#undef ATENEA_LOAD
 #define ATENEA_ROW(i)                                        \
   if constexpr (ROWS > i) {                                  \
     const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);  \
@@ -126,14 +140,15 @@ inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_l
 #undef ATENEA_STORE
 }
 
-void rows_block(int64_t rows, const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy) {
+void rows_block(int64_t rows, const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy,
+                bool resume) {
   switch (rows) {
-    case 1: tile_rows<1>(x, ldx, buf, k_len, y, ldy); break;
-    case 2: tile_rows<2>(x, ldx, buf, k_len, y, ldy); break;
-    case 3: tile_rows<3>(x, ldx, buf, k_len, y, ldy); break;
-    case 4: tile_rows<4>(x, ldx, buf, k_len, y, ldy); break;
-    case 5: tile_rows<5>(x, ldx, buf, k_len, y, ldy); break;
-    default: tile_rows<6>(x, ldx, buf, k_len, y, ldy); break;
+    case 1: tile_rows<1>(x, ldx, buf, k_len, y, ldy, resume); break;
+    case 2: tile_rows<2>(x, ldx, buf, k_len, y, ldy, resume); break;
+    case 3: tile_rows<3>(x, ldx, buf, k_len, y, ldy, resume); break;
+    case 4: tile_rows<4>(x, ldx, buf, k_len, y, ldy, resume); break;
+    case 5: tile_rows<5>(x, ldx, buf, k_len, y, ldy, resume); break;
+    default: tile_rows<6>(x, ldx, buf, k_len, y, ldy, resume); break;
   }
 }
 
@@ -146,7 +161,7 @@ void direct_group(const Weights& w, int64_t t, const float* x, int64_t rows, flo
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * w.k;
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    each_k<F, G>(w.k, es, [&](int64_t k) {
+    each_k<F, G>(0, w.k, es, [&](int64_t k) {
       const __m256 xv = _mm256_broadcast_ss(xr + k);
       __m256 lo, hi;
 #define ATENEA_TILE(g)                           \
@@ -176,20 +191,24 @@ void direct_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, i
   for (; t < t0 + tiles; ++t) direct_group<F, 1>(w, t, x, rows, y, n);
 }
 
-// Many rows: each tile expands once into an fp32 buffer (K x 16, in cache) shared by all row blocks.
+// Many rows: each tile expands, a K chunk at a time, into an fp32 buffer that stays in L1 while
+// every row block uses it. Each sum still runs over k in order: a chunk resumes the previous one.
 template <Format F>
 void buffered_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, int64_t rows, float* y, int64_t n,
                     float* buf) {
   for (int64_t t = t0; t < t0 + tiles; ++t) {
     Expander<F> e(w, t);
-    each_k<F, 1>(w.k, &e, [&](int64_t k) {
-      __m256 lo, hi;
-      e.row(k, lo, hi);
-      _mm256_store_ps(buf + k * NR, lo);
-      _mm256_store_ps(buf + k * NR + 8, hi);
-    });
-    for (int64_t r = 0; r < rows; r += MR)
-      rows_block(std::min<int64_t>(MR, rows - r), x + r * w.k, w.k, buf, w.k, y + r * n + t * NR, n);
+    for (int64_t kc = 0; kc < w.k; kc += K_CHUNK) {
+      const int64_t k_len = std::min(K_CHUNK, w.k - kc);
+      each_k<F, 1>(kc, kc + k_len, &e, [&](int64_t k) {
+        __m256 lo, hi;
+        e.row(k, lo, hi);
+        _mm256_store_ps(buf + (k - kc) * NR, lo);
+        _mm256_store_ps(buf + (k - kc) * NR + 8, hi);
+      });
+      for (int64_t r = 0; r < rows; r += MR)
+        rows_block(std::min<int64_t>(MR, rows - r), x + r * w.k + kc, w.k, buf, k_len, y + r * n + t * NR, n, kc > 0);
+    }
   }
 }
 
@@ -206,7 +225,7 @@ void run(const Weights& w, const float* x, int64_t rows, float* y, int64_t n) {
   std::atomic<int64_t> next{0};
   auto work = [&] {
     std::unique_ptr<float, AlignedFree> buf;
-    if (rows > DIRECT_ROWS) buf.reset(static_cast<float*>(std::aligned_alloc(64, w.k * NR * sizeof(float))));
+    if (rows > DIRECT_ROWS) buf.reset(static_cast<float*>(std::aligned_alloc(64, K_CHUNK * NR * sizeof(float))));
     for (int64_t g = next++; g < groups; g = next++) {
       const int64_t t0 = g * 4, count = std::min<int64_t>(4, tiles - t0);
       if (rows <= DIRECT_ROWS)
