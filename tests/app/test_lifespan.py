@@ -137,23 +137,40 @@ def fake_image_start(events: list[str], reserved: int = 0, fail: bool = False): 
     return start_image_worker
 
 
+# What shares the engine's GPU starts first: the image pipeline and the embedding model alike.
 @pytest.mark.parametrize(
-    ("device", "image_model", "cuda_available", "first"),
+    ("starts_first", "field", "model", "absent"),
     [
-        ("cpu", "atenea-shapes", True, False),
-        ("cuda", "atenea-shapes", False, True),
-        ("auto", "atenea-shapes", True, True),
-        ("auto", "atenea-shapes", False, False),
-        ("cuda", "none", True, False),
+        (images_first, "image_model", "atenea-shapes", "none"),
+        (encoder_first, "embedding_model", "/models/bert", None),
     ],
 )
-def test_images_start_first_only_when_they_share_a_gpu(
-    monkeypatch: pytest.MonkeyPatch, device: str, image_model: str, cuda_available: bool, first: bool
+@pytest.mark.parametrize(
+    ("device", "present", "cuda_available", "first"),
+    [
+        ("cpu", True, True, False),
+        ("cuda", True, False, True),
+        ("auto", True, True, True),
+        ("auto", True, False, False),
+        ("cuda", False, True, False),
+    ],
+)
+def test_a_model_starts_before_the_engine_only_when_it_shares_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+    starts_first,  # type: ignore[no-untyped-def]
+    field: str,
+    model: str,
+    absent: str | None,
+    device: str,
+    present: bool,
+    cuda_available: bool,
+    first: bool,
 ) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
-    assert images_first(Settings(device=device, image_model=image_model)) is first  # type: ignore[arg-type]
+    settings = Settings(device=device, **{field: model if present else absent})  # type: ignore[arg-type]
+    assert starts_first(settings) is first
 
 
 async def test_on_a_gpu_the_engine_starts_after_the_images_and_keeps_their_peak(
@@ -198,14 +215,20 @@ async def test_on_a_gpu_a_failed_image_start_never_starts_the_engine(
     assert FakeAsyncEngine.instances == []
 
 
-async def test_on_a_gpu_a_failed_engine_start_shuts_the_images_down(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
-) -> None:
+def fail_engine_start(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+    """The engine's start records itself, then fails as a KV budget that is too small does."""
+
     async def failing_start(self: FakeAsyncEngine) -> None:
         events.append("engine start")
         raise RuntimeError("KV budget too small")
 
     monkeypatch.setattr(FakeAsyncEngine, "start", failing_start)
+
+
+async def test_on_a_gpu_a_failed_engine_start_shuts_the_images_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
+) -> None:
+    fail_engine_start(monkeypatch, events)
     monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=1))
     app = create_app(
         Settings(device="cuda"), engine_config=EngineConfig(model_path=tmp_path, served_model_name="x")
@@ -249,30 +272,6 @@ def fake_encoder_start(events: list[str], fail: bool = False):  # type: ignore[n
         return FakeEncoder(events)
 
     return start_encoder
-
-
-@pytest.mark.parametrize(
-    ("device", "embedding_model", "cuda_available", "first"),
-    [
-        ("cpu", "/models/bert", True, False),
-        ("cuda", "/models/bert", False, True),
-        ("auto", "/models/bert", True, True),
-        ("auto", "/models/bert", False, False),
-        ("cuda", None, True, False),
-    ],
-)
-def test_the_encoder_starts_first_only_on_a_gpu(
-    monkeypatch: pytest.MonkeyPatch,
-    device: str,
-    embedding_model: str | None,
-    cuda_available: bool,
-    first: bool,
-) -> None:
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
-    settings = Settings(device=device, embedding_model=embedding_model)  # type: ignore[arg-type]
-    assert encoder_first(settings) is first
 
 
 async def test_on_a_gpu_the_images_and_the_encoder_start_before_the_engine(
@@ -321,11 +320,7 @@ async def test_on_a_cpu_the_encoder_starts_last(
 async def test_on_a_gpu_a_failed_engine_start_shuts_the_encoder_and_images_down(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, events: list[str]
 ) -> None:
-    async def failing_start(self: FakeAsyncEngine) -> None:
-        events.append("engine start")
-        raise RuntimeError("KV budget too small")
-
-    monkeypatch.setattr(FakeAsyncEngine, "start", failing_start)
+    fail_engine_start(monkeypatch, events)
     monkeypatch.setattr(app_main, "start_image_worker", fake_image_start(events, reserved=1))
     monkeypatch.setattr(app_main, "start_encoder", fake_encoder_start(events))
     settings = Settings(device="cuda", embedding_model=str(tmp_path))
