@@ -1,7 +1,9 @@
 """Owns the model and its KV tensors; turns a scheduled batch into tensors and returns logits.
 
 On a GPU with Triton, decodes read the cache through their block tables and decode-only steps
-replay CUDA graphs (`decode_graphs.py`); elsewhere decodes gather their context slots.
+replay CUDA graphs (`decode_graphs.py`). On an AVX2 CPU decodes read them through a C++ kernel, and
+decode-only steps run every layer in one C++ call (`cpu_decoder.py`). Elsewhere decodes gather
+their context slots.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
+from model_runtime.cpu_decoder import CpuDecoder
 from model_runtime.decode_graphs import DecodeGraphs
 from model_runtime.kernels.cpu_extension import load_kernels
 from model_runtime.kernels.paged_decode import triton_available
@@ -62,6 +65,12 @@ class ModelRunner:
         self.block_table_decodes = self.block_table_prefills or (
             self.device.type == "cpu" and self.dtype == torch.float32 and load_kernels() is not None
         )
+        # Decode-only steps on an AVX2 CPU: every layer in one C++ call.
+        self.cpu_decoder = (
+            CpuDecoder.build(model, self.caches, block_size)
+            if self.device.type == "cpu" and self.block_table_decodes
+            else None
+        )
         self.graphs: DecodeGraphs | None = None
         if self.block_table_prefills and cuda_graphs:
             max_len = max_model_len or num_blocks * block_size
@@ -92,6 +101,11 @@ class ModelRunner:
             )
             return logits, decodes
         inputs = self.prepare(batch)
+        if self.cpu_decoder is not None and not batch.prefills:
+            logits = self.cpu_decoder.run(
+                inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices
+            )
+            return logits, inputs.sampled_chunks
         logits = self.model(
             inputs.input_ids, inputs.positions, self.caches, inputs.meta, inputs.logits_indices
         )

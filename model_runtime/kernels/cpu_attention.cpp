@@ -2,6 +2,8 @@
 // sequence reads its keys and values through its block table, so nothing is gathered or padded,
 // and each sequence is one unit of work for the threads.
 
+#include "cpu_attention.h"
+
 #include <immintrin.h>
 #include <omp.h>
 #include <torch/extension.h>
@@ -12,14 +14,10 @@
 #include <cmath>
 #include <vector>
 
+namespace atenea {
 namespace {
 
-using atenea::exp256;
-using atenea::hsum;
-
-struct Shapes {
-  int64_t heads, kv_heads, dim, width, block_size;
-};
+using Shapes = AttentionShapes;
 
 // Offsets (in floats) of positions 0..len-1 of a sequence's cache rows, from its block table.
 void row_offsets(const int32_t* table, int64_t len, const Shapes& s, std::vector<int64_t>& offsets) {
@@ -99,6 +97,14 @@ void attend(const float* q, const float* keys, const float* values, const int64_
 
 }  // namespace
 
+void attend_sequence(const float* q, const float* keys, const float* values, const int32_t* table, int64_t len,
+                     const AttentionShapes& s, float scale, float* out, AttentionScratch& scratch) {
+  row_offsets(table, len, s, scratch.rows);
+  const int64_t group = s.heads / s.kv_heads;
+  for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
+    attend(q, keys, values, scratch.rows.data(), len, kvh, kvh * group, group, s, scale, out, scratch.scores);
+}
+
 torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
                                const torch::Tensor& block_tables, const torch::Tensor& context_lens,
                                int64_t block_size, double scale) {
@@ -116,7 +122,6 @@ torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys
   const Shapes s{q.size(1), keys.size(1), q.size(2), tables.size(1), block_size};
   TORCH_CHECK(s.heads % s.kv_heads == 0 && keys.size(2) == s.dim, "head shapes");
   auto out = torch::empty_like(qc);
-  const int64_t group = s.heads / s.kv_heads;
   const float* qp = qc.data_ptr<float>();
   const float* kp = keys.data_ptr<float>();
   const float* vp = values.data_ptr<float>();
@@ -125,15 +130,10 @@ torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys
   float* op = out.data_ptr<float>();
   std::atomic<int64_t> next{0};
   auto work = [&] {
-    std::vector<float> scores;
-    std::vector<int64_t> rows;
-    // A sequence is a unit: its KV heads share each cache row, which stays in cache between them.
-    for (int64_t b = next++; b < batch; b = next++) {
-      row_offsets(tp + b * s.width, lp[b], s, rows);
-      for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
-        attend(qp + b * s.heads * s.dim, kp, vp, rows.data(), lp[b], kvh, kvh * group, group, s,
-               static_cast<float>(scale), op + b * s.heads * s.dim, scores);
-    }
+    AttentionScratch scratch;
+    for (int64_t b = next++; b < batch; b = next++)
+      attend_sequence(qp + b * s.heads * s.dim, kp, vp, tp + b * s.width, lp[b], s, static_cast<float>(scale),
+                      op + b * s.heads * s.dim, scratch);
   };
   // Plain OpenMP and a shared counter, as in cpu_blockq.cpp.
   if (batch == 1 || omp_in_parallel() || omp_get_max_threads() == 1) {
@@ -144,3 +144,5 @@ torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys
   }
   return out;
 }
+
+}  // namespace atenea

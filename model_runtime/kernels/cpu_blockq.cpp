@@ -14,6 +14,8 @@
 // computes it, so a row's result does not depend on how many rows share the call: a request's
 // logits do not change with the batch it is in.
 
+#include "cpu_blockq.h"
+
 #include <immintrin.h>
 #include <omp.h>
 #include <torch/extension.h>
@@ -23,6 +25,7 @@
 #include <cstdlib>
 #include <memory>
 
+namespace atenea {
 namespace {
 
 constexpr int64_t QK = 32;  // weights per block along K
@@ -33,17 +36,6 @@ constexpr int64_t MR = 6;   // activation rows per register tile: 12 accumulator
 constexpr int64_t DIRECT_ROWS = 1;
 // K rows of a tile expanded at a time: 256 x 16 fp32 is 16 KiB, half of L1 (a multiple of 32).
 constexpr int64_t K_CHUNK = 256;
-
-enum Format : int64_t { Q4_1 = 0, Q8_0 = 1, F16 = 2 };
-
-struct Weights {
-  Format format;
-  const uint8_t* q;  // Q4_1 nibbles, Q8_0 int8 or fp16, as bytes
-  const float* d;    // [N / 16, K / 32, 16] block scales (Q4_1, Q8_0)
-  const float* m;    // [N / 16, K / 32, 16] block offsets (Q4_1)
-  int64_t k;
-  int64_t blocks() const { return k / QK; }
-};
 
 // Expands the 16 weights of tile `t` at each k; F is the format, fixed at compile time.
 template <Format F>
@@ -220,27 +212,41 @@ struct AlignedFree {
 // shared counter rather than a fixed half each: on a machine whose cores also serve HTTP, a thread
 // that loses its core for a while leaves its share to the other instead of stalling the step.
 template <Format F>
-void run(const Weights& w, const float* x, int64_t rows, float* y, int64_t n) {
+void share(const Weights& w, const float* x, int64_t rows, float* y, int64_t n, std::atomic<int64_t>& next) {
+  // One L1-sized expansion buffer per thread, kept for the thread's life.
+  thread_local std::unique_ptr<float, AlignedFree> buf(
+      static_cast<float*>(std::aligned_alloc(64, K_CHUNK * NR * sizeof(float))));
   const int64_t tiles = n / NR, groups = (tiles + 3) / 4;
+  for (int64_t g = next++; g < groups; g = next++) {
+    const int64_t t0 = g * 4, count = std::min<int64_t>(4, tiles - t0);
+    if (rows <= DIRECT_ROWS)
+      direct_tiles<F>(w, t0, count, x, rows, y, n);
+    else
+      buffered_tiles<F>(w, t0, count, x, rows, y, n, buf.get());
+  }
+}
+
+}  // namespace
+
+void linear_share(const Weights& w, const float* x, int64_t rows, float* y, int64_t n, std::atomic<int64_t>& next) {
+  switch (w.format) {
+    case Q4_1: share<Q4_1>(w, x, rows, y, n, next); break;
+    case Q8_0: share<Q8_0>(w, x, rows, y, n, next); break;
+    default: share<F16>(w, x, rows, y, n, next); break;
+  }
+}
+
+namespace {
+
+void run(const Weights& w, const float* x, int64_t rows, float* y, int64_t n) {
   std::atomic<int64_t> next{0};
-  auto work = [&] {
-    std::unique_ptr<float, AlignedFree> buf;
-    if (rows > DIRECT_ROWS) buf.reset(static_cast<float*>(std::aligned_alloc(64, K_CHUNK * NR * sizeof(float))));
-    for (int64_t g = next++; g < groups; g = next++) {
-      const int64_t t0 = g * 4, count = std::min<int64_t>(4, tiles - t0);
-      if (rows <= DIRECT_ROWS)
-        direct_tiles<F>(w, t0, count, x, rows, y, n);
-      else
-        buffered_tiles<F>(w, t0, count, x, rows, y, n, buf.get());
-    }
-  };
   // Plain OpenMP, not at::parallel_for: ATen's inline lazy thread-count init, compiled into this
   // library, would reset the calling thread's count to whatever another thread last set.
-  if (groups == 1 || omp_in_parallel() || omp_get_max_threads() == 1) {
-    work();
+  if (n <= 4 * NR || omp_in_parallel() || omp_get_max_threads() == 1) {
+    linear_share(w, x, rows, y, n, next);
   } else {
 #pragma omp parallel
-    work();
+    linear_share(w, x, rows, y, n, next);
   }
 }
 
@@ -262,31 +268,16 @@ torch::Tensor linear(const torch::Tensor& x, int64_t format, const torch::Tensor
                   format == F16 ? nullptr : d.data_ptr<float>(), format == Q4_1 ? m.data_ptr<float>() : nullptr, k};
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  switch (w.format) {
-    case Q4_1: run<Q4_1>(w, xp, rows, yp, n); break;
-    case Q8_0: run<Q8_0>(w, xp, rows, yp, n); break;
-    default: run<F16>(w, xp, rows, yp, n); break;
-  }
+  run(w, xp, rows, yp, n);
   if (bias) y.add_(*bias);
   return y;
 }
 
 }  // namespace
 
-// In cpu_attention.cpp.
-torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
-                               const torch::Tensor& block_tables, const torch::Tensor& context_lens,
-                               int64_t block_size, double scale);
-
-// In cpu_elementwise.cpp.
-torch::Tensor rms_norm_cpu(const torch::Tensor& x, const torch::Tensor& weight, double eps);
-torch::Tensor silu_mul_cpu(const torch::Tensor& gate_up);
-void rope_cpu(torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads);
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("linear", &linear, "x @ W.T (+ bias) for tiled Q4_1 / Q8_0 / fp16 weights (see cpu_blockq.py)");
-  mod.def("paged_decode", &paged_decode_cpu, "one query token per sequence over the paged KV cache");
-  mod.def("rms_norm", &rms_norm_cpu, "x / sqrt(mean(x^2) + eps) * weight, row by row");
-  mod.def("silu_mul", &silu_mul_cpu, "silu(gate) * up of a packed [T, 2I] projection");
-  mod.def("rope_", &rope_cpu, "rotary embedding, in place, on the first `heads` heads of each row");
+torch::Tensor linear_cpu(const torch::Tensor& x, int64_t format, const torch::Tensor& q, const torch::Tensor& d,
+                         const torch::Tensor& m, const c10::optional<torch::Tensor>& bias, int64_t n) {
+  return linear(x, format, q, d, m, bias, n);
 }
+
+}  // namespace atenea

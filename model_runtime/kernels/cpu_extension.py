@@ -1,7 +1,8 @@
 """The C++ kernels for x86 CPUs (AVX2), built once per source and torch version.
 
 `torch.utils.cpp_extension` compiles `cpu_blockq.cpp` (linear layers), `cpu_attention.cpp`
-(decode attention) and `cpu_elementwise.cpp` (RMSNorm, SwiGLU, RoPE) with the system's C++ compiler
+(decode attention), `cpu_elementwise.cpp` (RMSNorm, SwiGLU, RoPE) and `cpu_decoder.cpp` (a whole
+decode step through every layer, from those parts) with the system's C++ compiler
 into `$ATENEA_HOME/kernels`, on first use or ahead of time by `atenea pull`: about a minute on two
 cores, then a load in milliseconds. Where they cannot be built (no AVX2, no compiler, another
 platform) `load_kernels` says so once and the runtime keeps torch's own kernels;
@@ -23,9 +24,19 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = [
-    Path(__file__).with_name(name) for name in ("cpu_blockq.cpp", "cpu_attention.cpp", "cpu_elementwise.cpp")
+    Path(__file__).with_name(name)
+    for name in (
+        "cpu_bindings.cpp",
+        "cpu_blockq.cpp",
+        "cpu_attention.cpp",
+        "cpu_elementwise.cpp",
+        "cpu_decoder.cpp",
+    )
 ]
-HEADERS = [Path(__file__).with_name("cpu_simd.h")]
+HEADERS = [
+    Path(__file__).with_name(name)
+    for name in ("cpu_simd.h", "cpu_rows.h", "cpu_blockq.h", "cpu_attention.h", "cpu_decoder.h")
+]
 
 
 def cpu_supports_kernels() -> bool:
