@@ -5,7 +5,8 @@
 //
 // Weights arrive tiled by `cpu_blockq.py`: 16 output rows (N) at a time, K-major inside a tile, so
 // one k contributes a 16-wide vector to 16 outputs.
-//   Q4_1: per (tile, block): 32 k x 8 bytes, byte j holding rows 2j (low nibble) and 2j+1 (high);
+//   Q4_1: per (tile, block): 32 k x 8 bytes, byte j holding rows j (low nibble) and j + 8 (high),
+//         so one widening load and a mask or a shift give each half of the tile;
 //         w = d * q + m with d, m per (row, block)
 //   Q8_0: per (tile, block): 32 k x 16 int8; w = d * q
 //   F16:  per tile: K x 16 fp16
@@ -68,15 +69,15 @@ struct Expander {
   inline void row(int64_t k, __m256& lo, __m256& hi) const {
     const uint8_t* p = q + k * ROW_BYTES;
     if constexpr (F == Q4_1) {
-      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-      const __m128i low = _mm_set1_epi8(0x0F);
-      const __m128i v = _mm_unpacklo_epi8(_mm_and_si128(bytes, low), _mm_and_si128(_mm_srli_epi16(bytes, 4), low));
-      lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d0, m0);
-      hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))), d1, m1);
+      // Widened straight from memory: the low nibbles are rows 0-7, the high ones rows 8-15.
+      const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+      lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))), d0, m0);
+      hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)), d1, m1);
     } else if constexpr (F == Q8_0) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d0);
-      hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), d1);
+      const __m128i low = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+      const __m128i high = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8));
+      lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(low)), d0);
+      hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(high)), d1);
     } else {
       lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));

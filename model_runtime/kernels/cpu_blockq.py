@@ -94,7 +94,7 @@ def pack(weight: torch.Tensor, half: bool) -> PackedWeight | None:
     q, d, m = quantize_q4_1(weight)
     if on_grid(weight, q.float() * d[..., None] + m[..., None], d):
         tiled = _tiles(q)  # [N/16, K/32, 32, 16]
-        nibbles = tiled[..., 0::2] | (tiled[..., 1::2] << 4)
+        nibbles = tiled[..., : TILE // 2] | (tiled[..., TILE // 2 :] << 4)  # rows j and j + 8
         return PackedWeight(Format.Q4_1, nibbles.contiguous(), _tiles(d), _tiles(m), n)
     q8, d8 = quantize_q8_0(weight)
     if on_grid(weight, q8.float() * d8[..., None], d8):
