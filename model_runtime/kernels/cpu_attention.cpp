@@ -10,6 +10,7 @@
 
 #include "cpu_simd.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -29,28 +30,87 @@ void row_offsets(const int32_t* table, int64_t len, const Shapes& s, std::vector
   }
 }
 
-// Query heads g0..g0+group of sequence b against KV head `kvh`: scores, softmax, weighted values.
-// Loops keep several independent FMA chains in flight: one per query head for the scores (they
-// share each key row), four over positions for the weighted sum.
+// The dot products of query `qg` with the keys of 8 positions (row offsets `r`, each already
+// pointing at this KV head): eight independent FMA chains over the head's dimensions, then one
+// transposing reduction that leaves the 8 sums in one vector, instead of a horizontal sum each.
+inline __m256 dot8(const float* qg, const float* keys, const int64_t* r, int64_t vec_dim) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int64_t i = 0; i < vec_dim; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(qg + i);
+    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[0] + i), a0);
+    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[1] + i), a1);
+    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[2] + i), a2);
+    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[3] + i), a3);
+    a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[4] + i), a4);
+    a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[5] + i), a5);
+    a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[6] + i), a6);
+    a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r[7] + i), a7);
+  }
+  // hadd pairs up neighbours within each 128-bit lane: after two rounds lane 0 of u0 holds the
+  // low-half sums of positions 0-3 and lane 1 their high-half sums; u1 the same for 4-7.
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// o[0 .. 8 * NV) = sum over positions p of weights[p] * values row p: one FMA chain per output
+// vector (NV of them in flight), each value row read once per head.
+template <int NV>
+void weigh(const float* weights, const float* values, const int64_t* rows, int64_t len, float* o) {
+  __m256 acc[NV];
+#pragma GCC unroll 8
+  for (int j = 0; j < NV; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < len; ++p) {
+    const __m256 w = _mm256_broadcast_ss(weights + p);
+    const float* v = values + rows[p];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * j), acc[j]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, acc[j]);
+}
+
+void weigh_vectors(int64_t count, const float* weights, const float* values, const int64_t* rows, int64_t len,
+                   float* o) {
+  switch (count) {
+    case 1: weigh<1>(weights, values, rows, len, o); break;
+    case 2: weigh<2>(weights, values, rows, len, o); break;
+    case 3: weigh<3>(weights, values, rows, len, o); break;
+    case 4: weigh<4>(weights, values, rows, len, o); break;
+    case 5: weigh<5>(weights, values, rows, len, o); break;
+    case 6: weigh<6>(weights, values, rows, len, o); break;
+    case 7: weigh<7>(weights, values, rows, len, o); break;
+    default: weigh<8>(weights, values, rows, len, o); break;
+  }
+}
+
+// Query heads g0..g0+group of one sequence against KV head `kvh`: scores, softmax, weighted values.
 void attend(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t len,
             int64_t kvh, int64_t g0, int64_t group, const Shapes& s, float scale, float* out,
             std::vector<float>& scores) {
-  scores.resize(static_cast<size_t>(group * len));
+  scores.resize(static_cast<size_t>(group * len + 8));
   const int64_t vec_dim = s.dim / 8 * 8;
-  constexpr int64_t AHEAD = 4;  // cache rows are scattered blocks: ask for the next ones early
-  for (int64_t l = 0; l < len; ++l) {
-    if (l + AHEAD < len) {
-      const char* next = reinterpret_cast<const char*>(keys + rows[l + AHEAD] + kvh * s.dim);
+  const float* k_head = keys + kvh * s.dim;
+  const float* v_head = values + kvh * s.dim;
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  for (int64_t l = 0; l < len; l += 8) {
+    // A last block of fewer than 8 positions repeats its last row; those sums are not kept.
+    int64_t r[8];
+    for (int j = 0; j < 8; ++j) r[j] = rows[std::min(l + j, len - 1)];
+    if (l + 8 < len) {  // cache rows are scattered blocks: ask for the next ones early
+      const char* next = reinterpret_cast<const char*>(k_head + rows[l + 8]);
       for (int64_t b = 0; b < s.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
     }
-    const float* k = keys + rows[l] + kvh * s.dim;
+    const int64_t count = std::min<int64_t>(8, len - l);
     for (int64_t g = 0; g < group; ++g) {
       const float* qg = q + (g0 + g) * s.dim;
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t i = 0; i < vec_dim; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(k + i), acc);
-      float dot = hsum(acc);
-      for (int64_t i = vec_dim; i < s.dim; ++i) dot += qg[i] * k[i];
-      scores[g * len + l] = dot * scale;
+      alignas(32) float dots[8];
+      _mm256_store_ps(dots, _mm256_mul_ps(dot8(qg, k_head, r, vec_dim), scale8));
+      for (int64_t j = 0; j < count; ++j) {
+        float tail = 0.0f;  // dimensions past the last multiple of 8
+        for (int64_t i = vec_dim; i < s.dim; ++i) tail += qg[i] * k_head[r[j] + i];
+        scores[g * len + l + j] = vec_dim == s.dim ? dots[j] : dots[j] + tail * scale;
+      }
     }
   }
   for (int64_t g = 0; g < group; ++g) {
@@ -73,23 +133,10 @@ void attend(const float* q, const float* keys, const float* values, const int64_
     const float inv = 1.0f / sum;
     for (l = 0; l < len; ++l) sc[l] *= inv;
     float* o = out + (g0 + g) * s.dim;
-    const float* v0 = values + kvh * s.dim;
-    for (int64_t i = 0; i < vec_dim; i += 8) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      int64_t p = 0;
-      for (; p + 4 <= len; p += 4) {
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[p]), _mm256_loadu_ps(v0 + rows[p] + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc[p + 1]), _mm256_loadu_ps(v0 + rows[p + 1] + i), a1);
-        a2 = _mm256_fmadd_ps(_mm256_set1_ps(sc[p + 2]), _mm256_loadu_ps(v0 + rows[p + 2] + i), a2);
-        a3 = _mm256_fmadd_ps(_mm256_set1_ps(sc[p + 3]), _mm256_loadu_ps(v0 + rows[p + 3] + i), a3);
-      }
-      for (; p < len; ++p)
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[p]), _mm256_loadu_ps(v0 + rows[p] + i), a0);
-      _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    }
+    for (int64_t i = 0; i < vec_dim; i += 64) weigh_vectors(std::min<int64_t>(8, (vec_dim - i) / 8), sc, v_head + i, rows, len, o + i);
     for (int64_t i = vec_dim; i < s.dim; ++i) {
       float acc = 0.0f;
-      for (int64_t p = 0; p < len; ++p) acc += sc[p] * v0[rows[p] + i];
+      for (int64_t p = 0; p < len; ++p) acc += sc[p] * v_head[rows[p] + i];
       o[i] = acc;
     }
   }
