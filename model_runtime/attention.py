@@ -74,8 +74,10 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:  # [T, H, D]
-    cache.keys.index_copy_(0, meta.slot_mapping, k)
-    cache.values.index_copy_(0, meta.slot_mapping, v)
+    # A cache stored in a narrower type (fp16 on a CPU computing in fp32) rounds what it keeps; every
+    # read below widens it back, and a chunk's own keys are rounded the same way (`_stored`).
+    cache.keys.index_copy_(0, meta.slot_mapping, k.to(cache.keys.dtype))
+    cache.values.index_copy_(0, meta.slot_mapping, v.to(cache.values.dtype))
     n = meta.num_decodes
     if n and not meta.prefills and meta.prefill_tables is None:
         # The steady state: decodes only, no copy into a shared output.
@@ -127,8 +129,13 @@ def _decode(
 ) -> torch.Tensor:
     b, length = slots.shape
     flat = slots.reshape(-1)
-    keys = cache.keys.index_select(0, flat).view(b, length, *cache.keys.shape[1:]).transpose(1, 2)
-    values = cache.values.index_select(0, flat).view(b, length, *cache.values.shape[1:]).transpose(1, 2)
+    keys = cache.keys.index_select(0, flat).to(q.dtype).view(b, length, *cache.keys.shape[1:]).transpose(1, 2)
+    values = (
+        cache.values.index_select(0, flat)
+        .to(q.dtype)
+        .view(b, length, *cache.values.shape[1:])
+        .transpose(1, 2)
+    )
     # keys/values: [B, KVH, L, D]; q: [B, H, 1, D]
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
@@ -146,11 +153,11 @@ def _prefill(
 ) -> torch.Tensor:
     if p.mask is None:
         # No cached prefix: the chunk's own keys are all it sees, so skip the gather.
-        keys = k[p.start : p.start + p.length]
-        values = v[p.start : p.start + p.length]
+        keys = _stored(k[p.start : p.start + p.length], cache.keys.dtype)
+        values = _stored(v[p.start : p.start + p.length], cache.values.dtype)
     else:
-        keys = cache.keys.index_select(0, p.context_slots)
-        values = cache.values.index_select(0, p.context_slots)
+        keys = cache.keys.index_select(0, p.context_slots).to(q.dtype)
+        values = cache.values.index_select(0, p.context_slots).to(q.dtype)
     # -> [1, H|KVH, n|L, D]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
@@ -162,3 +169,8 @@ def _prefill(
         enable_gqa=True,
     )
     return out.squeeze(0).transpose(0, 1)
+
+
+def _stored(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """`x` as the cache holds it: rounded through a narrower cache type, in x's own type."""
+    return x if cache_dtype == x.dtype else x.to(cache_dtype).to(x.dtype)

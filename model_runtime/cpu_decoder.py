@@ -29,7 +29,8 @@ class CpuDecoder:
         """The decoder for `model`, or None where the kernels are missing or a projection is not
         in their packed form (then every step takes the op-by-op path)."""
         kernels = load_kernels()
-        if kernels is None or caches[0].keys.dtype != torch.float32 or caches[0].keys.device.type != "cpu":
+        cache = caches[0].keys
+        if kernels is None or cache.dtype not in (torch.float32, torch.float16) or cache.device.type != "cpu":
             return None
         linears = []
         norms = []

@@ -71,10 +71,11 @@ def resolve_device(config: EngineConfig) -> torch.device:
 
 
 def resolve_dtype(config: EngineConfig, device: torch.device) -> tuple[torch.dtype, bool]:
-    """The model's compute dtype, and whether a CPU model keeps its linear weights at fp16.
+    """The model's compute dtype, and whether a CPU model keeps its weights and KV cache at fp16.
 
     CPUs without fp16/bf16 arithmetic units compute in fp32; `auto` and `float16` there mean fp16
-    weights (half the memory traffic per decode step) with fp32 arithmetic. GPUs want bf16.
+    linear weights and an fp16 KV cache (half the memory traffic per decode step; llama.cpp's
+    default cache type too) with fp32 arithmetic. GPUs want bf16.
     """
     if device.type == "cpu" and config.dtype in ("auto", "float16"):
         return torch.float32, True
@@ -103,6 +104,7 @@ class Engine:
         self.config = config
         self.device = resolve_device(config)
         self.dtype, self.half_weights = resolve_dtype(config, self.device)
+        self.kv_dtype = torch.float16 if self.half_weights else self.dtype
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
         started = time.perf_counter()
@@ -126,6 +128,7 @@ class Engine:
             max_model_len=self.max_model_len,
             max_num_seqs=config.max_num_seqs,
             cuda_graphs=not config.enforce_eager,
+            kv_dtype=self.kv_dtype,
         )
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, self.max_num_batched_tokens)
@@ -136,11 +139,12 @@ class Engine:
         self.steps = 0
         self.tokens_generated = 0
         log.info(
-            "loaded %s on %s (%s%s) in %.1fs: %d KV blocks of %d tokens, context %d",
+            "loaded %s on %s (%s%s, %s KV cache) in %.1fs: %d KV blocks of %d tokens, context %d",
             config.served_model_name,
             self.device,
             self.dtype,
             f", {'+'.join(formats)} weights" if (formats := weight_formats(self.model)) else "",
+            str(self.kv_dtype).removeprefix("torch."),
             time.perf_counter() - started,
             num_blocks,
             config.block_size,
@@ -148,7 +152,7 @@ class Engine:
         )
 
     def _num_kv_blocks(self) -> int:
-        per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.dtype)
+        per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.kv_dtype)
         if self.device.type == "cuda" and self.config.kv_cache_memory_gib is None:
             # Measured after a full-size step, so the activations of a long prefill keep room.
             peak = profile_activation_bytes(

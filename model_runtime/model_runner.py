@@ -42,20 +42,23 @@ class ModelRunner:
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         cuda_graphs: bool = True,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
         self.num_blocks = num_blocks
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        # The cache's storage type; arithmetic stays in the model's dtype (see `attention.py`).
+        self.kv_dtype = kv_dtype or self.dtype
         s = model.shape
         # One block more than the block manager hands out: padded rows of a graph write there.
         slots = (num_blocks + 1) * block_size
         # caches: num_layers x ([num_slots, KVH, D] keys, same for values)
         self.caches = [
             KVCache(
-                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
-                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device),
+                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.kv_dtype, device=self.device),
+                torch.zeros(slots, s.num_kv_heads, s.head_dim, dtype=self.kv_dtype, device=self.device),
             )
             for _ in range(s.num_layers)
         ]

@@ -11,6 +11,7 @@
 
 #include "cpu_decoder.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <atomic>
@@ -38,6 +39,17 @@ inline void add_row(float* x, const float* y, const float* bias, int64_t n) {
   } else {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
   }
+}
+
+// n values into a cache row: copied to an fp32 cache, rounded to nearest-even for an fp16 one (as
+// torch's conversion rounds, so both paths fill the cache with the same bits).
+inline void store_row(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void store_row(uint16_t* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
 inline void add_bias(float* y, const float* bias, int64_t n) {
@@ -86,8 +98,14 @@ Decoder::Decoder(const std::vector<int64_t>& shape, double eps, int64_t block_si
     for (int i = 0; i < 4; ++i) *ps[i] = projection(linears[4 * l + i], in_out[i][0], in_out[i][1]);
     layer.input_norm = floats(norms[2 * l], hidden_, "norm weight");
     layer.post_norm = floats(norms[2 * l + 1], hidden_, "norm weight");
-    layer.keys = const_cast<float*>(floats(keys[l], keys[l].numel(), "keys"));
-    layer.values = const_cast<float*>(floats(values[l], values[l].numel(), "values"));
+    const auto dtype = keys[0].scalar_type();
+    TORCH_CHECK((dtype == torch::kFloat32 || dtype == torch::kHalf) && keys[l].scalar_type() == dtype &&
+                    values[l].scalar_type() == dtype && keys[l].is_contiguous() && values[l].is_contiguous() &&
+                    keys[l].device().is_cpu() && values[l].device().is_cpu(),
+                "caches are contiguous fp32 or fp16 CPU tensors, all of one dtype");
+    half_cache_ = dtype == torch::kHalf;
+    layer.keys = keys[l].data_ptr();
+    layer.values = values[l].data_ptr();
     keep_.insert(keep_.end(), {norms[2 * l], norms[2 * l + 1], keys[l], values[l]});
     layers_.push_back(layer);
   }
@@ -149,13 +167,25 @@ void Decoder::forward(torch::Tensor& x, const torch::Tensor& cos, const torch::T
         float* row = qkv.data() + r * qkv_n;
         add_bias(row, layer.qkv.bias, qkv_n);
         rope_row(row, cp + r * dim_, sp + r * dim_, heads_ + kv_heads_, dim_);
-        std::memcpy(layer.keys + slots[r] * kv_size, row + q_size, kv_size * sizeof(float));
-        std::memcpy(layer.values + slots[r] * kv_size, row + q_size + kv_size, kv_size * sizeof(float));
+        if (half_cache_) {
+          store_row(static_cast<uint16_t*>(layer.keys) + slots[r] * kv_size, row + q_size, kv_size);
+          store_row(static_cast<uint16_t*>(layer.values) + slots[r] * kv_size, row + q_size + kv_size, kv_size);
+        } else {
+          store_row(static_cast<float*>(layer.keys) + slots[r] * kv_size, row + q_size, kv_size);
+          store_row(static_cast<float*>(layer.values) + slots[r] * kv_size, row + q_size + kv_size, kv_size);
+        }
       }
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t b = 0; b < batch; ++b)
-        attend_sequence(qkv.data() + b * qkv_n, layer.keys, layer.values, tables + b * width, lens[b], shapes, scale,
-                        attn.data() + b * q_size, scratch);
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* q = qkv.data() + b * qkv_n;
+        float* out = attn.data() + b * q_size;
+        if (half_cache_)
+          attend_sequence(q, static_cast<const uint16_t*>(layer.keys), static_cast<const uint16_t*>(layer.values),
+                          tables + b * width, lens[b], shapes, scale, out, scratch);
+        else
+          attend_sequence(q, static_cast<const float*>(layer.keys), static_cast<const float*>(layer.values),
+                          tables + b * width, lens[b], shapes, scale, out, scratch);
+      }
       linear_share(layer.o.w, attn.data(), batch, proj.data(), hidden_, counters[4 * l + 1]);
 #pragma omp barrier
 #pragma omp for schedule(static)

@@ -17,7 +17,7 @@ class Decoder {
 
   // shape: heads, kv_heads, head_dim, hidden, intermediate. Per layer, in order: linears holds
   // qkv, o, gate_up and down; norms the input and post-attention weights; keys and values its
-  // [slots, kv_heads, head_dim] caches. The tensors are kept alive by the decoder.
+  // [slots, kv_heads, head_dim] caches, fp32 or fp16. The tensors are kept alive by the decoder.
   Decoder(const std::vector<int64_t>& shape, double eps, int64_t block_size, const std::vector<Linear>& linears,
           const std::vector<torch::Tensor>& norms, const std::vector<torch::Tensor>& keys,
           const std::vector<torch::Tensor>& values);
@@ -39,12 +39,13 @@ class Decoder {
     Projection qkv, o, gate_up, down;
     const float* input_norm;
     const float* post_norm;
-    float* keys;
-    float* values;
+    void* keys;  // fp32 or fp16 (half_cache_), [slots, kv_heads, head_dim]
+    void* values;
   };
 
   int64_t heads_, kv_heads_, dim_, hidden_, intermediate_, block_size_, cache_slots_ = 0;
   float eps_;
+  bool half_cache_ = false;
   std::vector<Layer> layers_;
   std::vector<torch::Tensor> keep_;  // what the raw pointers above point into
 };

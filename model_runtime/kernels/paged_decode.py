@@ -39,8 +39,8 @@ def paged_decode_reference(
         length = int(context_lens[b])
         blocks = block_tables[b, : -(-length // block_size)].long()
         slots = (blocks[:, None] * block_size + torch.arange(block_size, device=q.device)).view(-1)[:length]
-        k = keys.index_select(0, slots).transpose(0, 1)  # [KVH, L, D]
-        v = values.index_select(0, slots).transpose(0, 1)
+        k = keys.index_select(0, slots).to(q.dtype).transpose(0, 1)  # [KVH, L, D]
+        v = values.index_select(0, slots).to(q.dtype).transpose(0, 1)
         out[b] = F.scaled_dot_product_attention(
             q[b].unsqueeze(1), k, v, scale=scale, enable_gqa=True
         ).squeeze(1)

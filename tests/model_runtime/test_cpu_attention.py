@@ -15,13 +15,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 4, 32), (9, 3, 64), (8, 2, 16), (6, 2, 20)])
-def test_the_kernel_matches_the_reference(heads: int, kv_heads: int, dim: int) -> None:
+def test_the_kernel_matches_the_reference(
+    heads: int, kv_heads: int, dim: int, cache_dtype: torch.dtype
+) -> None:
     kernels = cpu_extension.load_kernels()
     assert kernels is not None
     lengths = [1, 7, 16, 17, 70, 300]
     q, keys, values, tables, lens = random_cache(heads, kv_heads, dim, lengths)
+    keys, values = keys.to(cache_dtype), values.to(cache_dtype)
     q = q * 3  # peaked softmaxes as well as flat ones
+    # The reference widens an fp16 cache's values exactly as the kernel must.
     expected = paged_decode_reference(q, keys, values, tables, lens, BLOCK, dim**-0.5)
     got = kernels.paged_decode(q, keys, values, tables, lens, BLOCK, dim**-0.5)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)

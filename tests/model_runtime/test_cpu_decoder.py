@@ -1,5 +1,6 @@
 """Decode-only steps through the C++ decoder (`cpu_decoder.py`) against the op-by-op path: the same
-logits and the same KV cache, bit for bit, and a sequence's logits independent of its batch."""
+logits and the same KV cache, bit for bit, over an fp32 or an fp16 cache, and a sequence's logits
+independent of its batch."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ CONFIGS = {
 
 
 def runner_with_prompts(
-    config: LlamaConfig | Qwen2Config, lengths: list[int]
+    config: LlamaConfig | Qwen2Config, lengths: list[int], kv_dtype: torch.dtype = torch.float16
 ) -> tuple[ModelRunner, list[Sequence]]:
     """A runner over a random model with fp16-precision weights (the kernels' packed F16 form),
     and one prefilled sequence per prompt length, each with its next token appended."""
@@ -49,7 +50,7 @@ def runner_with_prompts(
             if name.endswith("bias"):
                 param.normal_(0, 0.5)
     prepare_for_inference(model, half_weights=True)
-    runner = ModelRunner(model, num_blocks=64, block_size=BLOCK)
+    runner = ModelRunner(model, num_blocks=64, block_size=BLOCK, kv_dtype=kv_dtype)
     blocks = BlockManager(64, BLOCK)
     generator = torch.Generator().manual_seed(1)
     seqs = []
@@ -69,9 +70,11 @@ def decode_step(runner: ModelRunner, seqs: list[Sequence]) -> torch.Tensor:
     return logits
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("kind", CONFIGS)
-def test_a_decode_step_equals_the_op_by_op_path_bit_for_bit(kind: str) -> None:
-    runner, seqs = runner_with_prompts(CONFIGS[kind], [5, 12, 9, 1, 30])
+def test_a_decode_step_equals_the_op_by_op_path_bit_for_bit(kind: str, kv_dtype: torch.dtype) -> None:
+    runner, seqs = runner_with_prompts(CONFIGS[kind], [5, 12, 9, 1, 30], kv_dtype)
+    assert runner.caches[0].keys.dtype == kv_dtype
     assert runner.cpu_decoder is not None
     before = [(c.keys.clone(), c.values.clone()) for c in runner.caches]
     fused = decode_step(runner, seqs)

@@ -88,7 +88,8 @@ def test_batching_chunking_and_preemption_do_not_change_greedy_output(tiny_model
         tiny_model_path,
         max_num_batched_tokens=24,
         block_size=4,
-        kv_cache_memory_gib=40 * 4 * 2 * 2 * 2 * 16 * 4 / 2**30,
+        # 40 blocks: 4 tokens x K and V x 2 layers x 2 KV heads x 16 dims x 2 bytes (an fp16 cache)
+        kv_cache_memory_gib=40 * 4 * 2 * 2 * 2 * 16 * 2 / 2**30,
     )
     assert engine.blocks.num_blocks == 40
     outs: dict[str, list[RequestOutput]] = {}
