@@ -242,7 +242,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
     shape = engine.model.shape
     element = 2 if engine.half_weights else torch_element_size(engine.dtype)
     step_weights = packed_linear_bytes(engine.model) or weight_bytes(shape, element)
-    per_token = kv_bytes_per_token(shape, torch_element_size(engine.dtype))
+    per_token = kv_bytes_per_token(shape, torch_element_size(engine.kv_dtype))
     read = {"bytes": 0.0, "seconds": 0.0}
 
     def on_decode_step(seconds: float) -> None:
