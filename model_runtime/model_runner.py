@@ -127,7 +127,7 @@ class ModelRunner:
                 sampled_rows.append(row + chunk.length - 1)
                 sampled.append(chunk)
         pos = torch.tensor(positions, dtype=torch.long)
-        slot_mapping = self._slots_of(batch, pos)
+        slot_mapping = self._slots_of(batch)
         prefill_tables: dict[str, torch.Tensor | int] = {}
         if self.block_table_decodes:
             decode_slots = decode_mask = None
@@ -159,18 +159,18 @@ class ModelRunner:
             sampled_chunks=sampled,
         )
 
-    def _slots_of(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
-        """Cache slot of every token processed this step, `[T]`."""
-        tables = [torch.tensor(c.seq.block_table, dtype=torch.long) for c in batch.chunks]
-        owners = torch.repeat_interleave(
-            torch.arange(len(tables)), torch.tensor([c.length for c in batch.chunks])
-        )
-        width = max(len(t) for t in tables)
-        padded = torch.zeros(len(tables), width, dtype=torch.long)
-        for i, t in enumerate(tables):
-            padded[i, : len(t)] = t
-        blocks = padded[owners, positions // self.block_size]
-        return blocks * self.block_size + positions % self.block_size
+    def _slots_of(self, batch: Batch) -> torch.Tensor:
+        """Cache slot of every token processed this step, `[T]`.
+
+        Plain Python over the step's tokens: at decode sizes one list and one tensor cost less than
+        the dozens of small torch calls a vectorized lookup makes.
+        """
+        size = self.block_size
+        slots: list[int] = []
+        for c in batch.chunks:
+            table = c.seq.block_table
+            slots.extend(table[p // size] * size + p % size for p in range(c.start, c.start + c.length))
+        return torch.tensor(slots, dtype=torch.long)
 
     def _context_slots(self, block_table: list[int], length: int) -> torch.Tensor:
         table = torch.tensor(block_table, dtype=torch.long)
@@ -205,9 +205,9 @@ class ModelRunner:
         if not decodes:
             return None, None
         width = max(len(c.seq.block_table) for c in decodes)
-        tables = torch.zeros(len(decodes), width, dtype=torch.int32)
-        for i, c in enumerate(decodes):
-            tables[i, : len(c.seq.block_table)] = torch.tensor(c.seq.block_table, dtype=torch.int32)
+        tables = torch.tensor(
+            [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decodes], dtype=torch.int32
+        )
         lens = torch.tensor([c.start + 1 for c in decodes], dtype=torch.int32)
         return tables.to(self.device, non_blocking=True), lens.to(self.device, non_blocking=True)
 
