@@ -35,8 +35,9 @@ constexpr int64_t MR = 6;   // activation rows per register tile: 12 accumulator
 // Up to this many rows, weights expand in registers for each row (a step that reads weights more
 // than it computes); above it each tile expands once into a buffer that every row block reuses.
 constexpr int64_t DIRECT_ROWS = 1;
-// K rows of a tile expanded at a time: 256 x 16 fp32 is 16 KiB, half of L1 (a multiple of 32).
-constexpr int64_t K_CHUNK = 256;
+// K rows of a tile expanded at a time (a multiple of 32): two buffers of 128 x 16 fp32 are 16 KiB,
+// half of L1, the rest left to the activation rows.
+constexpr int64_t K_CHUNK = 128;
 
 // Expands the 16 weights of tile `t` at each k; F is the format, fixed at compile time.
 template <Format F>
@@ -99,9 +100,12 @@ inline void each_k(int64_t begin, int64_t end, Expander<F>* es, Fn&& f) {
 // Rows [0, ROWS) of x (stride ldx) times the expanded tile in `buf`, into y (stride ldy).
 // Accumulators are named, not an array: GCC keeps an array of them in memory, storing each every k.
 // With `resume`, the sums continue from what y holds (the previous K chunk's), else from zero.
-template <int ROWS>
+// Meanwhile it expands `count` K rows from k0 of another chunk through `e` into `next`: that work
+// (integer widening, conversions) runs on other ports than these multiply-adds, so interleaved with
+// them it comes almost free, where a separate pass would leave the FMA units idle.
+template <int ROWS, Format F>
 inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy,
-                      bool resume) {
+                      bool resume, Expander<F>* e, int64_t k0, int64_t count, float* next) {
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
   __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
 #define ATENEA_LOAD(i)                           \
@@ -119,10 +123,27 @@ inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_l
     a##i##0 = _mm256_fmadd_ps(xv, w0, a##i##0);              \
     a##i##1 = _mm256_fmadd_ps(xv, w1, a##i##1);              \
   }
-  for (int64_t k = 0; k < k_len; ++k) {
+  auto expand = [&](int64_t j) {
+    if constexpr (F != F16) {
+      if ((k0 + j) % QK == 0) e->block((k0 + j) / QK);
+    }
+    __m256 lo, hi;
+    e->row(k0 + j, lo, hi);
+    _mm256_store_ps(next + j * NR, lo);
+    _mm256_store_ps(next + j * NR + 8, hi);
+  };
+  const int64_t both = std::min(k_len, count);
+  int64_t k = 0;
+  for (; k < both; ++k) {
+    const __m256 w0 = _mm256_load_ps(buf + k * NR), w1 = _mm256_load_ps(buf + k * NR + 8);
+    ATENEA_ROW(0) ATENEA_ROW(1) ATENEA_ROW(2) ATENEA_ROW(3) ATENEA_ROW(4) ATENEA_ROW(5)
+    expand(k);
+  }
+  for (; k < k_len; ++k) {
     const __m256 w0 = _mm256_load_ps(buf + k * NR), w1 = _mm256_load_ps(buf + k * NR + 8);
     ATENEA_ROW(0) ATENEA_ROW(1) ATENEA_ROW(2) ATENEA_ROW(3) ATENEA_ROW(4) ATENEA_ROW(5)
   }
+  for (int64_t j = both; j < count; ++j) expand(j);
 #undef ATENEA_ROW
 #define ATENEA_STORE(i)                               \
   if constexpr (ROWS > i) {                           \
@@ -133,15 +154,16 @@ inline void tile_rows(const float* x, int64_t ldx, const float* buf, int64_t k_l
 #undef ATENEA_STORE
 }
 
+template <Format F>
 void rows_block(int64_t rows, const float* x, int64_t ldx, const float* buf, int64_t k_len, float* y, int64_t ldy,
-                bool resume) {
+                bool resume, Expander<F>* e = nullptr, int64_t k0 = 0, int64_t count = 0, float* next = nullptr) {
   switch (rows) {
-    case 1: tile_rows<1>(x, ldx, buf, k_len, y, ldy, resume); break;
-    case 2: tile_rows<2>(x, ldx, buf, k_len, y, ldy, resume); break;
-    case 3: tile_rows<3>(x, ldx, buf, k_len, y, ldy, resume); break;
-    case 4: tile_rows<4>(x, ldx, buf, k_len, y, ldy, resume); break;
-    case 5: tile_rows<5>(x, ldx, buf, k_len, y, ldy, resume); break;
-    default: tile_rows<6>(x, ldx, buf, k_len, y, ldy, resume); break;
+    case 1: tile_rows<1, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
+    case 2: tile_rows<2, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
+    case 3: tile_rows<3, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
+    case 4: tile_rows<4, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
+    case 5: tile_rows<5, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
+    default: tile_rows<6, F>(x, ldx, buf, k_len, y, ldy, resume, e, k0, count, next); break;
   }
 }
 
@@ -186,21 +208,33 @@ void direct_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, i
 
 // Many rows: each tile expands, a K chunk at a time, into an fp32 buffer that stays in L1 while
 // every row block uses it. Each sum still runs over k in order: a chunk resumes the previous one.
+// Two buffers take turns: while the row blocks run over one chunk, the last of them expands the
+// next chunk (this tile's next, or the next tile's first) into the other.
 template <Format F>
 void buffered_tiles(const Weights& w, int64_t t0, int64_t tiles, const float* x, int64_t rows, float* y, int64_t n,
                     float* buf) {
+  float* bufs[2] = {buf, buf + K_CHUNK * NR};
+  int current = 0;
+  Expander<F> e(w, t0);
+  each_k<F, 1>(0, std::min(K_CHUNK, w.k), &e, [&](int64_t k) {
+    __m256 lo, hi;
+    e.row(k, lo, hi);
+    _mm256_store_ps(bufs[0] + k * NR, lo);
+    _mm256_store_ps(bufs[0] + k * NR + 8, hi);
+  });
   for (int64_t t = t0; t < t0 + tiles; ++t) {
-    Expander<F> e(w, t);
     for (int64_t kc = 0; kc < w.k; kc += K_CHUNK) {
       const int64_t k_len = std::min(K_CHUNK, w.k - kc);
-      each_k<F, 1>(kc, kc + k_len, &e, [&](int64_t k) {
-        __m256 lo, hi;
-        e.row(k, lo, hi);
-        _mm256_store_ps(buf + (k - kc) * NR, lo);
-        _mm256_store_ps(buf + (k - kc) * NR + 8, hi);
-      });
-      for (int64_t r = 0; r < rows; r += MR)
-        rows_block(std::min<int64_t>(MR, rows - r), x + r * w.k + kc, w.k, buf, k_len, y + r * n + t * NR, n, kc > 0);
+      int64_t next_t = t, next_k = kc + K_CHUNK;
+      if (next_k >= w.k) next_t = t + 1, next_k = 0;
+      const int64_t count = next_t < t0 + tiles ? std::min(K_CHUNK, w.k - next_k) : 0;
+      if (next_t != t && count) e = Expander<F>(w, next_t);
+      int64_t r = 0;
+      for (; r + MR < rows; r += MR)
+        rows_block<F>(MR, x + r * w.k + kc, w.k, bufs[current], k_len, y + r * n + t * NR, n, kc > 0);
+      rows_block<F>(rows - r, x + r * w.k + kc, w.k, bufs[current], k_len, y + r * n + t * NR, n, kc > 0, &e,
+                    next_k, count, bufs[1 - current]);
+      current = 1 - current;
     }
   }
 }
@@ -214,9 +248,9 @@ struct AlignedFree {
 // that loses its core for a while leaves its share to the other instead of stalling the step.
 template <Format F>
 void share(const Weights& w, const float* x, int64_t rows, float* y, int64_t n, std::atomic<int64_t>& next) {
-  // One L1-sized expansion buffer per thread, kept for the thread's life.
+  // Two expansion buffers per thread (see buffered_tiles), kept for the thread's life.
   thread_local std::unique_ptr<float, AlignedFree> buf(
-      static_cast<float*>(std::aligned_alloc(64, K_CHUNK * NR * sizeof(float))));
+      static_cast<float*>(std::aligned_alloc(64, 2 * K_CHUNK * NR * sizeof(float))));
   const int64_t tiles = n / NR, groups = (tiles + 3) / 4;
   for (int64_t g = next++; g < groups; g = next++) {
     const int64_t t0 = g * 4, count = std::min<int64_t>(4, tiles - t0);
