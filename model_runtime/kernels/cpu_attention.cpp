@@ -60,104 +60,173 @@ inline __m256 dot8(const float* qg, const T* keys, const int64_t* r, int64_t vec
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// o[0 .. 8 * NV) = sum over positions p of weights[p] * values row p: one FMA chain per output
-// vector (NV of them in flight), each value row read once per head.
-template <int NV, typename T>
-void weigh(const float* weights, const T* values, const int64_t* rows, int64_t len, float* o) {
-  __m256 acc[NV];
+// Positions ahead whose cache rows are asked for while the current ones are computed: the rows of
+// a sequence are scattered blocks, which the hardware prefetchers do not follow.
+constexpr int64_t PREFETCH_AHEAD = 8;
+
+// Asks for the cache lines of one KV head's row at p (`dim` values).
+template <typename T>
+inline void prefetch_row(const T* p, int64_t dim) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(T)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
+// Scores of G query heads (q, q + dim, ...) against P positions (row offsets r, each pointing at
+// this KV head), written `ld` apart per head: each key vector is loaded and converted once for all
+// G heads, which share it (grouped-query attention).
+template <int G, int P, typename T>
+inline void dots(const float* q, int64_t dim, const T* keys, const int64_t* r, int64_t vec_dim, float* out,
+                 int64_t ld) {
+  static_assert(P == 1 || P == 2 || P == 4, "reductions of 1, 2 or 4 positions");
+  __m256 a[G][P];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) a[g][p] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < vec_dim; i += 8) {
+    __m256 k[P];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) k[p] = load8(keys + r[p] + i);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m256 qv = _mm256_loadu_ps(q + g * dim + i);
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) a[g][p] = _mm256_fmadd_ps(qv, k[p], a[g][p]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    alignas(16) float sums[4];
+    if constexpr (P == 4) {  // dot8's reduction, for 4 positions
+      const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a[g][0], a[g][1]), _mm256_hadd_ps(a[g][2], a[g][3]));
+      _mm_store_ps(sums, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+    } else {
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) sums[p] = hsum(a[g][p]);
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) out[g * ld + p] = sums[p];
+  }
+}
+
+// o_g[0 .. 8 * NV) = sum over positions p of weights_g[p] * values row p, for G heads whose weights
+// are `ld` apart and outputs `dim` apart: each value vector is loaded once for all G heads, and
+// each output vector is one FMA chain (G * NV of them in flight). With `fetch`, asks for the rows
+// PREFETCH_AHEAD positions on (given from their start: the first pass over a head's dimensions).
+template <int G, int NV, typename T>
+void weigh(const float* weights, int64_t ld, const T* values, const int64_t* rows, int64_t len, float* o, int64_t dim,
+           const T* fetch) {
+  __m256 acc[G][NV];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g)
 #pragma GCC unroll 8
-  for (int j = 0; j < NV; ++j) acc[j] = _mm256_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_setzero_ps();
   for (int64_t p = 0; p < len; ++p) {
-    const __m256 w = _mm256_broadcast_ss(weights + p);
+    if (fetch && p + PREFETCH_AHEAD < len) prefetch_row(fetch + rows[p + PREFETCH_AHEAD], dim);
     const T* v = values + rows[p];
+    __m256 vv[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(w, load8(v + 8 * j), acc[j]);
+    for (int j = 0; j < NV; ++j) vv[j] = load8(v + 8 * j);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m256 w = _mm256_broadcast_ss(weights + g * ld + p);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_fmadd_ps(w, vv[j], acc[g][j]);
+    }
   }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g)
 #pragma GCC unroll 8
-  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, acc[j]);
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + g * dim + 8 * j, acc[g][j]);
 }
 
-template <typename T>
-void weigh_vectors(int64_t count, const float* weights, const T* values, const int64_t* rows, int64_t len,
-                   float* o) {
-  switch (count) {
-    case 1: weigh<1, T>(weights, values, rows, len, o); break;
-    case 2: weigh<2, T>(weights, values, rows, len, o); break;
-    case 3: weigh<3, T>(weights, values, rows, len, o); break;
-    case 4: weigh<4, T>(weights, values, rows, len, o); break;
-    case 5: weigh<5, T>(weights, values, rows, len, o); break;
-    case 6: weigh<6, T>(weights, values, rows, len, o); break;
-    case 7: weigh<7, T>(weights, values, rows, len, o); break;
-    default: weigh<8, T>(weights, values, rows, len, o); break;
+// In place: scores -> softmax(scores * scale).
+inline void softmax(float* sc, int64_t len, float scale) {
+  for (int64_t p = 0; p < len; ++p) sc[p] *= scale;
+  float peak = -INFINITY;
+  for (int64_t p = 0; p < len; ++p) peak = std::max(peak, sc[p]);
+  const __m256 top = _mm256_set1_ps(peak);
+  __m256 total = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= len; p += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + p), top));
+    _mm256_storeu_ps(sc + p, e);
+    total = _mm256_add_ps(total, e);
   }
+  float sum = hsum(total);
+  for (; p < len; ++p) {
+    sc[p] = std::exp(sc[p] - peak);
+    sum += sc[p];
+  }
+  const float inv = 1.0f / sum;
+  for (p = 0; p < len; ++p) sc[p] *= inv;
 }
 
-// Query heads g0..g0+group of one sequence against KV head `kvh`: scores, softmax, weighted values.
-template <typename T>
-void attend(const float* q, const T* keys, const T* values, const int64_t* rows, int64_t len,
-            int64_t kvh, int64_t g0, int64_t group, const Shapes& s, float scale, float* out,
-            std::vector<float>& scores) {
-  scores.resize(static_cast<size_t>(group * len + 8));
+// G query heads from h0, all reading KV head `kvh`: scores, softmax, weighted values. `scores`
+// holds G * len floats.
+template <int G, typename T>
+void attend_heads(const float* q, const T* keys, const T* values, const int64_t* rows, int64_t len, int64_t kvh,
+                  int64_t h0, const Shapes& s, float scale, float* out, float* scores) {
+  constexpr int P = G == 1 ? 8 : G <= 3 ? 4 : 2;                // positions per pass: G * P accumulators
+  constexpr int NV = G == 1 ? 8 : G == 2 ? 6 : G == 3 ? 4 : 3;  // value vectors per pass: G * NV
   const int64_t vec_dim = s.dim / 8 * 8;
   const T* k_head = keys + kvh * s.dim;
   const T* v_head = values + kvh * s.dim;
-  const __m256 scale8 = _mm256_set1_ps(scale);
-  for (int64_t l = 0; l < len; l += 8) {
-    // A last block of fewer than 8 positions repeats its last row; those sums are not kept.
-    int64_t r[8];
-    for (int j = 0; j < 8; ++j) r[j] = rows[std::min(l + j, len - 1)];
-    if (l + 8 < len) {  // cache rows are scattered blocks: ask for the next ones early
-      const char* next = reinterpret_cast<const char*>(k_head + rows[l + 8]);
-      for (int64_t b = 0; b < s.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
-    }
-    const int64_t count = std::min<int64_t>(8, len - l);
-    for (int64_t g = 0; g < group; ++g) {
-      const float* qg = q + (g0 + g) * s.dim;
-      alignas(32) float dots[8];
-      _mm256_store_ps(dots, _mm256_mul_ps(dot8(qg, k_head, r, vec_dim), scale8));
-      for (int64_t j = 0; j < count; ++j) {
-        float tail = 0.0f;  // dimensions past the last multiple of 8
-        for (int64_t i = vec_dim; i < s.dim; ++i) tail += qg[i] * load1(k_head + r[j] + i);
-        scores[g * len + l + j] = vec_dim == s.dim ? dots[j] : dots[j] + tail * scale;
-      }
+  const float* qh = q + h0 * s.dim;
+  int64_t l = 0;
+  for (; l + P <= len; l += P) {
+    for (int64_t j = l + PREFETCH_AHEAD; j < std::min(l + PREFETCH_AHEAD + P, len); ++j)
+      prefetch_row(k_head + rows[j], s.dim);
+    if constexpr (G == 1) {
+      _mm256_storeu_ps(scores + l, dot8(qh, k_head, rows + l, vec_dim));
+    } else {
+      dots<G, P>(qh, s.dim, k_head, rows + l, vec_dim, scores + l, len);
     }
   }
-  for (int64_t g = 0; g < group; ++g) {
-    float* sc = scores.data() + g * len;
-    float peak = -INFINITY;
-    for (int64_t l = 0; l < len; ++l) peak = std::max(peak, sc[l]);
-    const __m256 top = _mm256_set1_ps(peak);
-    __m256 total = _mm256_setzero_ps();
-    int64_t l = 0;
-    for (; l + 8 <= len; l += 8) {
-      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + l), top));
-      _mm256_storeu_ps(sc + l, e);
-      total = _mm256_add_ps(total, e);
-    }
-    float sum = hsum(total);
-    for (; l < len; ++l) {
-      sc[l] = std::exp(sc[l] - peak);
-      sum += sc[l];
-    }
-    const float inv = 1.0f / sum;
-    for (l = 0; l < len; ++l) sc[l] *= inv;
-    float* o = out + (g0 + g) * s.dim;
-    for (int64_t i = 0; i < vec_dim; i += 64) weigh_vectors(std::min<int64_t>(8, (vec_dim - i) / 8), sc, v_head + i, rows, len, o + i);
-    for (int64_t i = vec_dim; i < s.dim; ++i) {
+  for (; l < len; ++l) dots<G, 1>(qh, s.dim, k_head, rows + l, vec_dim, scores + l, len);
+  for (int64_t g = 0; g < G; ++g) {
+    float* sc = scores + g * len;
+    const float* qg = qh + g * s.dim;
+    if (vec_dim != s.dim)  // dimensions past the last multiple of 8
+      for (int64_t p = 0; p < len; ++p)
+        for (int64_t i = vec_dim; i < s.dim; ++i) sc[p] += qg[i] * load1(k_head + rows[p] + i);
+    softmax(sc, len, scale);
+  }
+  float* o = out + h0 * s.dim;
+  int64_t i = 0;
+  for (; i + 8 * NV <= vec_dim; i += 8 * NV)
+    weigh<G, NV>(scores, len, v_head + i, rows, len, o + i, s.dim, i == 0 ? v_head : nullptr);
+  for (; i < vec_dim; i += 8) weigh<G, 1>(scores, len, v_head + i, rows, len, o + i, s.dim, i == 0 ? v_head : nullptr);
+  for (int64_t g = 0; g < G; ++g)
+    for (i = vec_dim; i < s.dim; ++i) {
       float acc = 0.0f;
-      for (int64_t p = 0; p < len; ++p) acc += sc[p] * load1(v_head + rows[p] + i);
-      o[i] = acc;
+      for (int64_t p = 0; p < len; ++p) acc += scores[g * len + p] * load1(v_head + rows[p] + i);
+      o[g * s.dim + i] = acc;
     }
-  }
 }
 
 template <typename T>
 void attend_all(const float* q, const T* keys, const T* values, const int32_t* table, int64_t len,
                 const AttentionShapes& s, float scale, float* out, AttentionScratch& scratch) {
   row_offsets(table, len, s, scratch.rows);
+  const int64_t* rows = scratch.rows.data();
   const int64_t group = s.heads / s.kv_heads;
-  for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
-    attend(q, keys, values, scratch.rows.data(), len, kvh, kvh * group, group, s, scale, out, scratch.scores);
+  scratch.scores.resize(static_cast<size_t>(4 * len));
+  float* sc = scratch.scores.data();
+  for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh) {
+    // The KV head's query heads in passes of up to 4 at once; 3 at a time where 3 divides them.
+    for (int64_t h = kvh * group, end = h + group; h < end;) {
+      const int64_t left = end - h;
+      const int64_t take = left % 3 == 0 && left % 4 != 0 ? 3 : std::min<int64_t>(4, left);
+      switch (take) {
+        case 1: attend_heads<1>(q, keys, values, rows, len, kvh, h, s, scale, out, sc); break;
+        case 2: attend_heads<2>(q, keys, values, rows, len, kvh, h, s, scale, out, sc); break;
+        case 3: attend_heads<3>(q, keys, values, rows, len, kvh, h, s, scale, out, sc); break;
+        default: attend_heads<4>(q, keys, values, rows, len, kvh, h, s, scale, out, sc); break;
+      }
+      h += take;
+    }
+  }
 }
 
 }  // namespace

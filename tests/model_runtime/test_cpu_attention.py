@@ -16,7 +16,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 4, 32), (9, 3, 64), (8, 2, 16), (6, 2, 20)])
+# Query heads per KV head: 1, 3, 4, 3 with a tail of dimensions, 7 (a pass of 4 and one of 3),
+# 5 (4 and 1), 6 (3 and 3).
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim"),
+    [(4, 4, 32), (9, 3, 64), (8, 2, 16), (6, 2, 20), (14, 2, 32), (10, 2, 24), (6, 1, 16)],
+)
 def test_the_kernel_matches_the_reference(
     heads: int, kv_heads: int, dim: int, cache_dtype: torch.dtype
 ) -> None:
