@@ -131,6 +131,38 @@ async def test_serve_bench_counts_failures() -> None:
     assert "Failed requests" in table and "TTFT median / p99 (ms)" in table
 
 
+async def test_serve_bench_reads_events_split_anywhere_with_crlf_comments_and_event_lines() -> None:
+    """SSE as other servers frame it: CRLF line ends, `: ping` comments, `event:` lines, and
+    network reads that end mid-line."""
+
+    def sse(payload: dict) -> bytes:
+        return f"event: message\r\ndata: {json.dumps(payload)}\r\n\r\n".encode()
+
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    stream = b": ping\r\n\r\n" + sse(role)
+    for i in range(4):
+        stream += sse({"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}) + b": ping\r\n\r\n"
+    stream += sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+    stream += b"data: [DONE]"  # no line end before the connection closes
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(stream), 7):
+            await asyncio.sleep(0)
+            yield stream[start : start + 7]
+
+    async def chat(request: Request) -> Response:
+        return StreamingResponse(pieces(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        config = ServeBenchConfig(base_url=BASE_URL, num_requests=2, concurrency=2, model="m")
+        summary = (await run_benchmark(config, client=client)).summary()
+
+    assert (summary["ok"], summary["failed"]) == (2, 0), summary["errors"]
+    assert summary["completion_tokens"] == 8  # from the usage chunks
+    assert summary["itl_ms"]["median"] is not None  # 3 gaps between the 4 content chunks
+
+
 async def test_serve_bench_all_failed_reports_no_latency() -> None:
     summary = await _bench(FakeServer(chunks=3, fail={0, 1}), num_requests=2, concurrency=2)
     assert summary["ok"] == 0 and summary["output_tok_s"] == 0.0
