@@ -3,8 +3,16 @@ from collections.abc import Sequence
 
 import torch
 
+from model_runtime import sampler
 from model_runtime.api import SamplingParams
-from model_runtime.sampler import SamplingBatch, probabilities, process_logits, sample, unpack_bitmask
+from model_runtime.sampler import (
+    SamplingBatch,
+    _top_k_top_p,
+    probabilities,
+    process_logits,
+    sample,
+    unpack_bitmask,
+)
 
 
 def draw(
@@ -133,3 +141,57 @@ def test_greedy_logprobs_use_temperature_one() -> None:
     row = result.logprobs[0]
     assert row is not None and row.top == []
     assert math.isclose(row.logprob, -math.log1p(math.exp(-1.0)), rel_tol=1e-5)
+
+
+def _kept_reference(row: torch.Tensor, top_k: int | None, top_p: float) -> set[int]:
+    """Row by row with a full sort: the top_k best, then the smallest prefix reaching top_p."""
+    values, order = row.sort(descending=True)
+    values, order = values[: top_k or len(row)], order[: top_k or len(row)]
+    probs = torch.softmax(values.double(), dim=0)
+    kept = []
+    mass = 0.0
+    for p, token in zip(probs.tolist(), order.tolist(), strict=True):
+        if kept and mass >= top_p:
+            break
+        kept.append(token)
+        mass += p
+    return set(kept)
+
+
+def test_top_k_top_p_keep_the_same_sets_whichever_candidate_size_decides(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    vocab = 49152
+    cases = [  # (logit scale, params, the candidate size that decides: 0 for the full sort)
+        (8.0, SamplingParams(top_p=0.9), 64),  # peaked rows close inside 64 candidates
+        (8.0, SamplingParams(top_k=40), 64),
+        (8.0, SamplingParams(top_p=1e-6), 64),
+        (8.0, SamplingParams(top_k=5, top_p=0.5), 64),
+        (3.0, SamplingParams(top_k=100, top_p=0.8), 1024),  # a top_k past the first size
+        (0.5, SamplingParams(top_p=0.99), 0),  # flat
+        (8.0, SamplingParams(top_k=2000), 0),  # past every size
+    ]
+    sizes: list[int] = []
+    filter_candidates = sampler._filter_candidates
+
+    def record(logits, k, top_p, size):
+        out = filter_candidates(logits, k, top_p, size)
+        sizes.append(size if out is not None else -size)
+        return out
+
+    monkeypatch.setattr(sampler, "_filter_candidates", record)
+    rows = torch.stack([torch.randn(vocab, generator=g) * scale for scale, _, _ in cases])
+    for row, (_, params, decides) in zip(rows, cases, strict=True):
+        sizes.clear()
+        out = _top_k_top_p(row[None], [params])[0]
+        assert (sizes[-1] if sizes and sizes[-1] > 0 else 0) == decides, (params, sizes)
+        finite = torch.isfinite(out)
+        assert set(finite.nonzero().flatten().tolist()) == _kept_reference(row, params.top_k, params.top_p)
+        assert torch.equal(out[finite], row[finite])  # kept logits are unchanged
+    # One batch of them all, and a row that filters nothing, left as it is.
+    batch = torch.cat([rows, torch.randn(1, vocab, generator=g)])
+    params = [p for _, p, _ in cases] + [SamplingParams()]
+    out = _top_k_top_p(batch, params)
+    for i, p in enumerate(params[:-1]):
+        kept = set(torch.isfinite(out[i]).nonzero().flatten().tolist())
+        assert kept == _kept_reference(batch[i], p.top_k, p.top_p)
+    assert torch.equal(out[-1], batch[-1])
