@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from model_runtime.api import SamplingParams
+from model_runtime.kernels.cpu_extension import load_kernels
 
 # Stands in for -inf in reported log-probabilities: JSON has no infinity.
 MIN_LOGPROB = -9999.0
@@ -55,10 +56,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:  # logit
     wants_logprobs = [p.logprobs is not None for p in params]
     greedy = [p.greedy for p in params]
     if all(greedy) and not any(wants_logprobs):
-        return SampleResult(logits.argmax(dim=-1).tolist(), [None] * len(params))
+        return SampleResult(_argmax(logits).tolist(), [None] * len(params))
     probs = probabilities(logits, params)
     if all(greedy):
-        tokens = logits.argmax(dim=-1)
+        tokens = _argmax(logits)
     else:
         # In place unless the logprobs below still need the probabilities.
         cdf = probs.cumsum(dim=-1) if any(wants_logprobs) else probs.cumsum_(dim=-1)  # [S, V]
@@ -67,13 +68,22 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:  # logit
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
         if any(greedy):
             rows = torch.tensor([i for i, g in enumerate(greedy) if g], device=logits.device)
-            tokens[rows] = logits[rows].argmax(dim=-1)
+            tokens[rows] = _argmax(logits[rows])
     logprobs: list[RowLogprobs | None] = [None] * len(params)
     if any(wants_logprobs):
         rows = [i for i, w in enumerate(wants_logprobs) if w]
         for row, result in zip(rows, _logprobs(probs, tokens, rows, params), strict=True):
             logprobs[row] = result
     return SampleResult(tokens.tolist(), logprobs)
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:  # [S, V] -> [S]
+    """torch.argmax(dim=-1), from the CPU kernel where it is built (0.2 against 0.8 ms at 16 x 49k)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        kernels = load_kernels()
+        if kernels is not None:
+            return kernels.argmax_rows(logits)
+    return logits.argmax(dim=-1)
 
 
 def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

@@ -17,6 +17,8 @@ torch::Tensor paged_decode_cpu(const torch::Tensor& q, const torch::Tensor& keys
 torch::Tensor rms_norm_cpu(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 torch::Tensor silu_mul_cpu(const torch::Tensor& gate_up);
 void rope_cpu(torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads);
+// cpu_sampling.cpp
+torch::Tensor argmax_rows_cpu(const torch::Tensor& x);
 
 }  // namespace atenea
 
@@ -27,6 +29,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("rms_norm", &rms_norm_cpu, "x / sqrt(mean(x^2) + eps) * weight, row by row");
   mod.def("silu_mul", &silu_mul_cpu, "silu(gate) * up of a packed [T, 2I] projection");
   mod.def("rope_", &rope_cpu, "rotary embedding, in place, on the first `heads` heads of each row");
+  mod.def("argmax_rows", &argmax_rows_cpu, "each row's argmax, as torch.argmax(dim=-1)");
   pybind11::class_<Decoder>(mod, "Decoder")
       .def(pybind11::init<const std::vector<int64_t>&, double, int64_t, const std::vector<Decoder::Linear>&,
                           const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&,

@@ -31,6 +31,7 @@ SOURCES = [
         "cpu_attention.cpp",
         "cpu_elementwise.cpp",
         "cpu_decoder.cpp",
+        "cpu_sampling.cpp",
     )
 ]
 HEADERS = [

@@ -1,5 +1,5 @@
-"""The CPU decode-attention kernel against its torch twin over a shuffled paged cache, and the
-elementwise kernels (RMSNorm, SwiGLU, rotary embedding) against torch."""
+"""The CPU decode-attention kernel against its torch twin over a shuffled paged cache, the
+elementwise kernels (RMSNorm, SwiGLU, rotary embedding) and the greedy pick against torch."""
 
 from __future__ import annotations
 
@@ -74,3 +74,20 @@ def test_rope_in_place_matches_the_models_torch_rotation() -> None:
     kernels.rope_(rotated, cos.contiguous(), sin.contiguous(), heads + kv_heads)
     torch.testing.assert_close(rotated[:, : (heads + kv_heads) * dim].view(t, -1, dim), expected)
     assert torch.equal(rotated[:, (heads + kv_heads) * dim :], qkv[:, (heads + kv_heads) * dim :])  # values
+
+
+@pytest.mark.parametrize("vocab", [5, 8, 49152, 49155])  # with and without a tail past the vectors
+def test_argmax_rows_matches_torch_with_ties_nans_and_infinities(vocab: int) -> None:
+    kernels = cpu_extension.load_kernels()
+    g = torch.Generator().manual_seed(vocab)
+    x = torch.randn(6, vocab, generator=g)
+    x[1, :] = x[1].max()  # all tied: the first wins
+    x[2, vocab // 2] = float("nan")  # NaN counts as the largest
+    x[2, vocab - 1] = float("nan")
+    x[3, :] = float("-inf")
+    x[4, vocab - 1] = 1e9  # in the tail
+    x[5, 0] = float("inf")
+    x[5, vocab - 1] = float("inf")
+    assert torch.equal(kernels.argmax_rows(x), x.argmax(dim=-1))
+    strided = x[:, : vocab - 1]  # not contiguous
+    assert torch.equal(kernels.argmax_rows(strided), strided.argmax(dim=-1))
