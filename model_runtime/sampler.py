@@ -166,10 +166,11 @@ def _logprobs(
     return results
 
 
-# Top-k / top-p look at the most likely tokens first. Sorting a whole 49k-token row costs ~35 ms
-# at 16 rows on a 2-core CPU, more than the model's step; `topk` of this many candidates costs
+# On a CPU, top-k / top-p look at the most likely tokens first. Sorting a whole 49k-token row costs
+# ~35 ms at 16 rows on 2 cores, more than the model's step; `topk` of this many candidates costs
 # 1-5 ms, and the kept set nearly always lies inside them. Where it does not (a flat distribution,
-# a top_k beyond the candidates), the next size is tried, then the full sort.
+# a top_k beyond the candidates), the next size is tried, then the full sort. A GPU sorts at once,
+# and checking whether the candidates sufficed would cost a host sync.
 CANDIDATES = (64, 1024)
 
 
@@ -183,7 +184,7 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     k = torch.tensor([top_k[i] for i in rows], device=logits.device)
     top_p = torch.tensor([params[i].top_p for i in rows], device=logits.device)
     filtered = None
-    for size in CANDIDATES:
+    for size in CANDIDATES if logits.device.type == "cpu" else ():
         if size >= vocab or any(size < top_k[i] < vocab for i in rows):
             continue
         filtered = _filter_candidates(sub, k, top_p, size)
@@ -218,7 +219,7 @@ def _filter_candidates(
     logits: torch.Tensor, k: torch.Tensor, top_p: torch.Tensor, size: int
 ) -> torch.Tensor | None:
     """The filter from each row's `size` most likely tokens, or None where a row's kept set may
-    reach past them (its top_k is within them, or their mass reaches its top_p)."""
+    reach past them: its top_k is not within them and their mass falls short of its top_p."""
     values, order = logits.topk(size, dim=-1)  # sorted, most likely first
     within = k <= size
     # A top-k row's distribution is its k best; otherwise the whole row is.
