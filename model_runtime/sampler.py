@@ -222,11 +222,14 @@ def _filter_candidates(
     reach past them: its top_k is not within them and their mass falls short of its top_p."""
     values, order = logits.topk(size, dim=-1)  # sorted, most likely first
     within = k <= size
-    # A top-k row's distribution is its k best; otherwise the whole row is.
-    whole = torch.logsumexp(logits, dim=-1, keepdim=True)
+    # A top-k row's distribution is its k best; otherwise the whole row is (a pass over the row,
+    # skipped where every row is a top-k one).
     ranks = torch.arange(size, device=logits.device)[None, :]
-    best_k = torch.logsumexp(values.masked_fill(ranks >= k[:, None], float("-inf")), dim=-1, keepdim=True)
-    kept, mass = _kept(values, k, top_p, torch.where(within[:, None], best_k, whole))
+    log_norm = torch.logsumexp(values.masked_fill(ranks >= k[:, None], float("-inf")), dim=-1, keepdim=True)
+    if not bool(within.all()):
+        whole = torch.logsumexp(logits, dim=-1, keepdim=True)
+        log_norm = torch.where(within[:, None], log_norm, whole)
+    kept, mass = _kept(values, k, top_p, log_norm)
     if not bool((within | (mass >= top_p)).all()):
         return None
     out = torch.full_like(logits, float("-inf"))
