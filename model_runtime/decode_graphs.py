@@ -49,17 +49,23 @@ class DecodeGraphs:
         device = next(model.parameters()).device
         b, w = self.max_batch, max_blocks_per_seq
         self.width = w
-        self.input_ids = torch.zeros(b, dtype=torch.long, device=device)
-        self.positions = torch.zeros(b, dtype=torch.long, device=device)
-        self.slot_mapping = torch.zeros(b, dtype=torch.long, device=device)
-        self.block_tables = torch.zeros(b, w, dtype=torch.int32, device=device)
-        self.context_lens = torch.ones(b, dtype=torch.int32, device=device)
-        self.logits_indices = torch.arange(b, device=device)
         pin = device.type == "cuda"
-        # Host staging rows, pinned so the copies to the device do not wait on the host.
-        self.host_long = torch.zeros(3, b, dtype=torch.long, pin_memory=pin)  # ids, positions, slots
-        self.host_lens = torch.ones(b, dtype=torch.int32, pin_memory=pin)
-        self.host_tables = torch.zeros(b, w, dtype=torch.int32, pin_memory=pin)
+        # Every input in two device buffers, each filled by one copy from a pinned host twin, so a
+        # step's inputs cost two copies whatever the batch: ids, positions and slots in `longs`;
+        # context lengths then block tables in `ints`.
+        self.host_longs = torch.zeros(3, b, dtype=torch.long, pin_memory=pin)
+        self.host_ints = torch.zeros(b + b * w, dtype=torch.int32, pin_memory=pin)
+        self.longs = torch.zeros(3, b, dtype=torch.long, device=device)
+        self.ints = torch.zeros(b + b * w, dtype=torch.int32, device=device)
+        self.input_ids, self.positions, self.slot_mapping = self.longs
+        self.context_lens = self.ints[:b]
+        self.block_tables = self.ints[b:].view(b, w)
+        self.host_lens = self.host_ints[:b]
+        self.host_tables = self.host_ints[b:].view(b, w)
+        # What each host table row holds, so a step rewrites only the entries that changed: a
+        # sequence's table grows by one block every `block_size` tokens.
+        self.row_tables: list[list[int]] = [[] for _ in range(b)]
+        self.logits_indices = torch.arange(b, device=device)
         self.capture = capture
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if capture:
@@ -85,7 +91,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
-        self._fill_padding(0, self.max_batch)
+        self._fill_padding()
         pool = torch.cuda.graph_pool_handle()
         # Largest first: the smaller graphs then fit in the memory pool the largest one reserved.
         for size in reversed(self.sizes):
@@ -102,21 +108,38 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         log.info("captured CUDA graphs for decode batch sizes %s", self.sizes)
 
-    def _fill_padding(self, start: int, end: int) -> None:
-        """Rows [start, end) write to the scratch block and attend to one token of it."""
-        scratch_slot = self.scratch_block * self.block_size
-        self.host_long[:, start:end] = 0
-        self.host_long[2, start:end] = scratch_slot
-        self.host_lens[start:end] = 1
-        self.host_tables[start:end] = self.scratch_block
-        self._upload(start, end)
+    def _fill_padding(self) -> None:
+        """Every row writes to the scratch block and attends to one token of it (for capture)."""
+        self.host_longs[:] = 0
+        self.host_longs[2] = self.scratch_block * self.block_size
+        self.host_lens[:] = 1
+        self._write_tables([], self.max_batch)
+        self._upload(self.max_batch)
 
-    def _upload(self, start: int, end: int) -> None:
-        self.input_ids[start:end].copy_(self.host_long[0, start:end], non_blocking=True)
-        self.positions[start:end].copy_(self.host_long[1, start:end], non_blocking=True)
-        self.slot_mapping[start:end].copy_(self.host_long[2, start:end], non_blocking=True)
-        self.context_lens[start:end].copy_(self.host_lens[start:end], non_blocking=True)
-        self.block_tables[start:end].copy_(self.host_tables[start:end], non_blocking=True)
+    def _write_tables(self, block_tables: Sequence[Sequence[int]], scratch_rows: int) -> None:
+        """Host table rows: the sequences' tables, then `scratch_rows` rows that read the scratch
+        block. Entries a row already holds are not written again."""
+        rows = self.row_tables
+        for i, table in enumerate(block_tables):
+            known = rows[i]
+            if len(known) <= len(table) and table[: len(known)] == known:
+                if len(table) > len(known):
+                    self.host_tables[i, len(known) : len(table)] = torch.tensor(
+                        table[len(known) :], dtype=torch.int32
+                    )
+                    known.extend(table[len(known) :])
+            else:
+                self.host_tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
+                rows[i] = list(table)
+        n = len(block_tables)
+        if scratch_rows:
+            self.host_tables[n : n + scratch_rows, 0] = self.scratch_block
+            rows[n : n + scratch_rows] = [[self.scratch_block] for _ in range(scratch_rows)]
+
+    def _upload(self, size: int) -> None:
+        self.longs.copy_(self.host_longs, non_blocking=True)
+        used = self.max_batch + size * self.width  # the lengths, then the first `size` table rows
+        self.ints[:used].copy_(self.host_ints[:used], non_blocking=True)
 
     def run(
         self,
@@ -126,19 +149,16 @@ class DecodeGraphs:
     ) -> torch.Tensor:  # [n, V] float32
         n = len(token_ids)
         size = self.bucket(n)
-        self.host_long[0, :n] = torch.tensor(token_ids, dtype=torch.long)
-        pos = torch.tensor(positions, dtype=torch.long)
-        self.host_long[1, :n] = pos
-        self.host_lens[:n] = (pos + 1).to(torch.int32)
-        for i, table in enumerate(block_tables):
-            self.host_tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
-        tables = self.host_tables[:n]
-        self.host_long[2, :n] = tables.gather(1, (pos // self.block_size)[:, None]).squeeze(1).long()
-        self.host_long[2, :n] *= self.block_size
-        self.host_long[2, :n] += pos % self.block_size
-        self._upload(0, n)
-        if size > n:
-            self._fill_padding(n, size)
+        bs, pad = self.block_size, size - n
+        slots = [table[p // bs] * bs + p % bs for table, p in zip(block_tables, positions, strict=True)]
+        # Padded rows: token 0 at position 0, written to the scratch block's first slot.
+        self.host_longs[:, :size] = torch.tensor(
+            [*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[self.scratch_block * bs] * pad],
+            dtype=torch.long,
+        ).view(3, size)
+        self.host_lens[:size] = self.host_longs[1, :size] + 1
+        self._write_tables(block_tables, pad)
+        self._upload(size)
         if not self.capture:
             with torch.inference_mode():
                 return self._forward(size)[:n]

@@ -142,3 +142,41 @@ def test_static_decode_buffers_give_the_runners_logits_and_touch_only_the_scratc
         assert changed <= {*decode_slots, scratch_slot}
         assert scratch_slot in changed
         torch.testing.assert_close(cache.keys[decode_slots], old[decode_slots], atol=1e-5, rtol=0)
+
+
+def test_static_buffers_follow_tables_that_grow_change_and_shrink_between_steps() -> None:
+    """Host table rows are rewritten only where they changed: each step's logits must still equal
+    the runner's, as sequences gain blocks, swap rows, give a row to a new sequence, and leave."""
+    model, _ = tiny_native_and_reference()
+    runner = ModelRunner(model, num_blocks=40, block_size=4)
+    graphs = DecodeGraphs(
+        model, runner.caches, 4, max_batch=8, max_blocks_per_seq=16, scratch_block=40, capture=False
+    )
+    blocks = BlockManager(40, 4)
+
+    def admitted(n: int) -> Sequence:
+        seq = Sequence(f"r{n}", torch.randint(0, 97, (n,)).tolist(), n, SamplingParams(), max_total_tokens=64)
+        blocks.allocate(seq, n)
+        runner.run(Batch(prefills=[ScheduledChunk(seq, 0, n)]))
+        return seq
+
+    def step(seqs: list[Sequence]) -> None:
+        for s in seqs:
+            s.token_ids.append(int(torch.randint(0, 97, ())))
+            blocks.allocate(s, s.num_tokens)
+        decodes = [ScheduledChunk(s, s.num_tokens - 1, 1) for s in seqs]
+        expected, _ = runner.run(Batch(decodes=decodes))
+        logits = graphs.run(
+            [s.token_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs], [s.block_table for s in seqs]
+        )
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+    a, b, c = admitted(3), admitted(7), admitted(4)
+    step([a, b, c])
+    step([a, b, c])  # a and c start a new block
+    step([c, a, b])  # rows swap sequences
+    blocks.free(b)
+    d = admitted(9)  # takes b's freed blocks: a row whose table changes inside, not at its end
+    step([c, a, d])
+    step([d])  # the batch shrinks: the padded bucket's rows are not the sequences' rows any more
+    step([a, d, c])  # and grows again over rows that were padding
