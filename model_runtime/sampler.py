@@ -67,7 +67,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:  # logit
         u = _uniforms(len(params), batch.generators, logits.device)[:, None] * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
         if any(greedy):
-            rows = torch.tensor([i for i, g in enumerate(greedy) if g], device=logits.device)
+            rows = on_device([i for i, g in enumerate(greedy) if g], logits.device)
             tokens[rows] = _argmax(logits[rows])
     logprobs: list[RowLogprobs | None] = [None] * len(params)
     if any(wants_logprobs):
@@ -75,6 +75,16 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:  # logit
         for row, result in zip(rows, _logprobs(probs, tokens, rows, params), strict=True):
             logprobs[row] = result
     return SampleResult(tokens.tolist(), logprobs)
+
+
+def on_device(
+    values: Sequence[float] | Sequence[int], device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A small host list as a tensor on `device`, copied without blocking: `torch.tensor(...,
+    device="cuda")` copies synchronously, so the host would wait there for every kernel queued
+    before it (the whole model step) instead of queueing the sampler's kernels behind them."""
+    tensor = torch.tensor(values, dtype=dtype)
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:  # [S, V] -> [S]
@@ -98,7 +108,7 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         _penalize(logits[row], params[row], batch.token_ids[row], batch.num_prompt_tokens[row])
     for row in biased:
         ids, values = zip(*params[row].logit_bias, strict=True)
-        logits[row, list(ids)] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+        logits[row, on_device(ids, logits.device)] += on_device(values, logits.device, logits.dtype)
     if batch.allowed is not None:
         logits.masked_fill_(~unpack_bitmask(batch.allowed, logits.shape[-1]), float("-inf"))
     return logits
@@ -116,11 +126,11 @@ def _penalize(row: torch.Tensor, p: SamplingParams, token_ids: Sequence[int], nu
     counting generated tokens only. Repetition (transformers' definition) covers the prompt too."""
     vocab = row.shape[0]
     if p.presence_penalty or p.frequency_penalty:
-        output = torch.tensor(token_ids[num_prompt:], dtype=torch.long, device=row.device)
+        output = on_device(token_ids[num_prompt:], row.device, torch.long)
         counts = torch.bincount(output, minlength=vocab)[:vocab].to(row.dtype)
         row -= counts * p.frequency_penalty + (counts > 0).to(row.dtype) * p.presence_penalty
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(token_ids)), dtype=torch.long, device=row.device)
+        seen = on_device(sorted(set(token_ids)), row.device, torch.long)
         seen = seen[seen < vocab]
         values = row[seen]
         row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
@@ -132,13 +142,13 @@ def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> tor
     Greedy rows get temperature 1: their argmax is what they take, and these are the
     probabilities their logprobs report."""
     device = logits.device
-    temperature = torch.tensor([p.temperature or 1.0 for p in params], device=device)
+    temperature = on_device([p.temperature or 1.0 for p in params], device, torch.float32)
     logits = logits / temperature[:, None]
     if any(p.top_k is not None for p in params) or any(p.top_p < 1.0 for p in params):
         logits = _top_k_top_p(logits, params)
     probs = torch.softmax(logits, dim=-1)
     if any(p.min_p > 0.0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], device=device)
+        min_p = on_device([p.min_p for p in params], device, torch.float32)
         threshold = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
         probs = probs.masked_fill(probs < threshold, 0.0)
     return probs
@@ -149,7 +159,7 @@ def _logprobs(
 ) -> list[RowLogprobs]:
     """Log-probabilities of the distribution each row was drawn from (min-p's cut renormalised,
     as the draw renormalises it)."""
-    index = torch.tensor(rows, device=probs.device)
+    index = on_device(rows, probs.device)
     sub = probs[index]
     logp = (sub / sub.sum(dim=-1, keepdim=True)).log_()  # [R, V]
     sampled = logp.gather(1, tokens[index][:, None]).squeeze(1)
@@ -180,9 +190,10 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     vocab = logits.shape[-1]
     top_k = [min(p.top_k or vocab, vocab) for p in params]
     rows = [i for i, p in enumerate(params) if top_k[i] < vocab or p.top_p < 1.0]
-    sub = logits[rows] if len(rows) < len(params) else logits
-    k = torch.tensor([top_k[i] for i in rows], device=logits.device)
-    top_p = torch.tensor([params[i].top_p for i in rows], device=logits.device)
+    index = on_device(rows, logits.device)
+    sub = logits[index] if len(rows) < len(params) else logits
+    k = on_device([top_k[i] for i in rows], logits.device)
+    top_p = on_device([params[i].top_p for i in rows], logits.device, torch.float32)
     filtered = None
     for size in CANDIDATES if logits.device.type == "cpu" else ():
         if size >= vocab or any(size < top_k[i] < vocab for i in rows):
@@ -195,7 +206,7 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     if len(rows) == len(params):
         return filtered
     out = logits.clone()
-    out[rows] = filtered
+    out[index] = filtered
     return out
 
 
