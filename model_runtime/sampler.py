@@ -110,7 +110,9 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         ids, values = zip(*params[row].logit_bias, strict=True)
         logits[row, on_device(ids, logits.device)] += on_device(values, logits.device, logits.dtype)
     if batch.allowed is not None:
-        logits.masked_fill_(~unpack_bitmask(batch.allowed, logits.shape[-1]), float("-inf"))
+        # The grammar's mask is built on the host; a GPU's logits need it on the device.
+        allowed = batch.allowed.to(logits.device, non_blocking=True)
+        logits.masked_fill_(~unpack_bitmask(allowed, logits.shape[-1]), float("-inf"))
     return logits
 
 

@@ -4,6 +4,7 @@ and a loaded engine that never produces NaN/inf. Run by scripts/gpu_check.sh (`p
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,45 @@ def test_loaded_engine_stays_finite_and_returns_every_block() -> None:
             finished += out.finish_reason is not None
     assert finished == 96
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_every_sampling_option_runs_on_the_device_in_one_batch() -> None:
+    """Penalties, logit bias, top-k/p, min-p, seeds, logprobs and a JSON grammar, side by side:
+    every host-side input (the grammar's mask included) must reach the device's logits."""
+    import json
+
+    from model_runtime import resolve_model
+    from model_runtime.api import Constraint, ConstraintKind
+    from model_runtime.config import EngineConfig
+    from model_runtime.engine import Engine
+
+    path = resolve_model("random:smollm2-135m").path
+    engine = Engine(EngineConfig(model_path=path, served_model_name="random", max_num_seqs=16))
+    options = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.7, top_p=0.9, seed=1),
+        SamplingParams(temperature=1.0, top_k=5, min_p=0.05),
+        SamplingParams(temperature=0.0, presence_penalty=1.0, frequency_penalty=0.5, repetition_penalty=1.2),
+        SamplingParams(temperature=0.0, logit_bias=((42, 100.0),)),
+        SamplingParams(temperature=0.8, logprobs=3),
+        SamplingParams(temperature=0.0, constraint=Constraint(ConstraintKind.JSON_OBJECT)),
+    ]
+    for i, params in enumerate(options):
+        engine.add_request(f"r{i}", list(range(10, 40)), replace(params, max_tokens=24, ignore_eos=True))
+    outputs: dict[str, list] = {}
+    while engine.has_work():
+        for out in engine.step():
+            assert out.error is None
+            outputs.setdefault(out.request_id, []).append(out)
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    assert all(t == 42 for o in outputs["r4"] for t in o.token_ids)  # a +100 bias always wins
+    entries = [e for o in outputs["r5"] for e in o.logprobs or []]
+    assert len(entries) == 24 and all(len(e.top) == 3 for e in entries)
+    text = "".join(o.text for o in outputs["r6"])
+    if outputs["r6"][-1].finish_reason.value == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.lstrip().startswith("{")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
