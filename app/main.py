@@ -51,6 +51,7 @@ def engine_config_from_settings(settings: Settings) -> EngineConfig:
         kv_cache_memory_gib=settings.kv_cache_memory_gib,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enforce_eager=settings.enforce_eager,
+        overlap_steps=settings.overlap_steps,
     )
 
 

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="CUDA: fraction of the GPU's memory for weights, activations and KV cache",
     )
     enforce_eager: bool = Field(False, description="CUDA: run decode steps eagerly, without CUDA graphs")
+    overlap_steps: bool | None = Field(
+        None,
+        description="launch each step before the host reads the previous step's tokens, hiding the "
+        "host's work behind the device's; unset: on with CUDA, off on a CPU",
+    )
     image_model: str = Field(
         "atenea-shapes",
         description="image model for /v1/images/generations: a built-in name, a local diffusers "

@@ -30,3 +30,7 @@ class EngineConfig:
     num_threads: int | None = None  # CPU threads for torch; None: all cores
     enable_prefix_caching: bool = True  # reuse the KV blocks of prompts' known prefixes
     enforce_eager: bool = False  # GPU: run decode steps eagerly instead of replaying CUDA graphs
+    # Launch each step before the host reads the previous one's tokens (see in_flight.py). None:
+    # where the device runs asynchronously (CUDA); a CPU computes while the host waits, so there
+    # it would only deliver every token one step later.
+    overlap_steps: bool | None = None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from model_runtime.attention import AttentionMetadata, KVCache
+from model_runtime.in_flight import CarriedTokens
 from model_runtime.models.llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class DecodeGraphs:
         token_ids: Sequence[int],  # the token each sequence feeds in
         positions: Sequence[int],  # its position
         block_tables: Sequence[Sequence[int]],
+        carried: CarriedTokens | None = None,  # input tokens still on the device
     ) -> torch.Tensor:  # [n, V] float32
         n = len(token_ids)
         size = self.bucket(n)
@@ -159,6 +161,8 @@ class DecodeGraphs:
         self.host_lens[:size] = self.host_longs[1, :size] + 1
         self._write_tables(block_tables, pad)
         self._upload(size)
+        if carried is not None:
+            carried.write_into(self.input_ids)
         if not self.capture:
             with torch.inference_mode():
                 return self._forward(size)[:n]

@@ -30,13 +30,14 @@ from model_runtime.api import (
 from model_runtime.config import EngineConfig
 from model_runtime.embedder import embed, prompt_logprobs
 from model_runtime.grammar import GrammarEngine, grammar_of
+from model_runtime.in_flight import InFlightStep
 from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
 from model_runtime.models.cpu_linear import weight_formats
 from model_runtime.models.loader import load_model
 from model_runtime.request_state import RequestState
-from model_runtime.sampler import RowLogprobs, SamplingBatch, sample
-from model_runtime.scheduler import Scheduler
+from model_runtime.sampler import RowLogprobs, SamplingBatch, draw, sample
+from model_runtime.scheduler import Batch, Scheduler
 from model_runtime.sequence import Sequence
 from model_runtime.tokenizer import Tokenizer
 
@@ -136,6 +137,10 @@ class Engine:
             config.served_model_name, self.max_model_len, int(time.time()), vocab_size=self.vocab_size
         )
         self.requests: dict[str, RequestGroup] = {}
+        self.overlap_steps = (
+            config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
+        )
+        self.in_flight: InFlightStep | None = None
         self.steps = 0
         self.tokens_generated = 0
         log.info(
@@ -283,6 +288,8 @@ class Engine:
         outputs = []
         for state in group.states:
             if not state.seq.is_finished:
+                if self.in_flight is not None and state.seq in self.in_flight.rows:
+                    state.seq.token_ids.pop()  # its drawn token is dropped, not counted
                 self.scheduler.finish(state.seq, FinishReason.ABORT)
                 outputs.append(state.output("", [], FinishReason.ABORT))
         return outputs
@@ -294,10 +301,11 @@ class Engine:
             for out in self.abort(request_id):
                 out.finish_reason, out.error = FinishReason.ERROR, message
                 outputs.append(out)
+        self.in_flight = None
         return outputs
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self.in_flight is not None
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -314,20 +322,61 @@ class Engine:
     # -- the step -------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """Runs one step; returns the outputs of the tokens read this step.
+
+        With `overlap_steps`, a step whose rows all draw without the host (no penalties, grammar
+        or logprobs) is launched before the previous step's tokens are read, and returns those.
+        """
         batch = self.scheduler.schedule()
+        overlap = self.overlap_steps and bool(batch) and not any(
+            _needs_host_tokens(c.seq) for c in batch.chunks if c.samples
+        )
+        outputs: list[RequestOutput] = []
+        if self.in_flight is not None and not overlap:
+            outputs = self._resolve()
+            batch = batch.without_finished()
         if not batch:
-            return []
-        logits, sampled = self.runner.run(batch)
+            return outputs
+        carried = self.in_flight.carried_by(_sampled_rows(batch)) if self.in_flight is not None else None
+        logits, sampled = self.runner.run(batch, carried)
         seqs = [c.seq for c in sampled]
-        result = sample(logits, self._sampling_batch(seqs))
-        for chunk in batch.chunks:
-            self.scheduler.advance(chunk)
+        sampling = self._sampling_batch(seqs)
         self.steps += 1
+        if overlap:
+            launched = InFlightStep(seqs, draw(logits, sampling))
+            if self.in_flight is not None:
+                outputs = self._resolve()  # while the device runs the step just launched
+            self._advance(batch)
+            for seq in seqs:
+                if not seq.is_finished:
+                    seq.token_ids.append(0)  # stands in for the drawn token until it is read
+            self.in_flight = launched
+            return outputs
+        result = sample(logits, sampling)
+        self._advance(batch)
         self.tokens_generated += len(seqs)
-        return [
+        return outputs + [
             self._postprocess(seq, token, row)
             for seq, token, row in zip(seqs, result.tokens, result.logprobs, strict=True)
         ]
+
+    def _advance(self, batch: Batch) -> None:
+        for chunk in batch.chunks:
+            if not chunk.seq.is_finished:  # finished while the step ran: its blocks are gone
+                self.scheduler.advance(chunk)
+
+    def _resolve(self) -> list[RequestOutput]:
+        """Reads the in-flight step's tokens (the host sync) and hands them to their sequences."""
+        flight, self.in_flight = self.in_flight, None
+        assert flight is not None
+        outputs = []
+        for seq, token in zip(flight.seqs, flight.token_ids(), strict=True):
+            if seq.is_finished:
+                continue  # aborted while its token was on the way
+            seq.token_ids.pop()  # the stand-in
+            outputs.append(self._postprocess(seq, token, None))
+        self.tokens_generated += len(outputs)
+        return outputs
 
     def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
         constrained = any(s.matcher is not None for s in seqs)
@@ -370,3 +419,20 @@ class Engine:
         group.unfinished -= 1
         if group.unfinished == 0:
             del self.requests[seq.request_id]
+
+
+def _needs_host_tokens(seq: Sequence) -> bool:
+    """Whether drawing `seq`'s next token needs its last one on the host: penalties count it, a
+    grammar advances on it; and logprobs are read on the host in the step that draws them."""
+    params = seq.params
+    return params.penalized or seq.matcher is not None or params.logprobs is not None
+
+
+def _sampled_rows(batch: Batch) -> list[tuple[int, Sequence]]:
+    """The input row of each sampling chunk's last token (decodes first, then prefill chunks)."""
+    rows, row = [], 0
+    for chunk in batch.chunks:
+        row += chunk.length
+        if chunk.samples:
+            rows.append((row - 1, chunk.seq))
+    return rows

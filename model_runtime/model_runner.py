@@ -16,6 +16,7 @@ import torch
 from model_runtime.attention import AttentionMetadata, KVCache, PrefillSlice
 from model_runtime.cpu_decoder import CpuDecoder
 from model_runtime.decode_graphs import DecodeGraphs
+from model_runtime.in_flight import CarriedTokens
 from model_runtime.kernels.cpu_extension import load_kernels
 from model_runtime.kernels.paged_decode import triton_available
 from model_runtime.models.llama import LlamaModel
@@ -93,17 +94,26 @@ class ModelRunner:
         return 2 * s.num_layers * block_size * s.num_kv_heads * s.head_dim * element
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
-        """Runs one step; returns logits `[S, V]` for the chunks that sample, and those chunks."""
+    def run(
+        self, batch: Batch, carried: CarriedTokens | None = None
+    ) -> tuple[torch.Tensor, list[ScheduledChunk]]:
+        """Runs one step; returns logits `[S, V]` for the chunks that sample, and those chunks.
+
+        `carried` names the input rows whose token is still on the device: the host's copy of
+        those tokens (`seq.token_ids`) holds a stand-in there.
+        """
         if self.graphs is not None and not batch.prefills and len(batch.decodes) <= self.graphs.max_batch:
             decodes = batch.decodes
             logits = self.graphs.run(
                 [c.seq.token_ids[c.start] for c in decodes],
                 [c.start for c in decodes],
                 [c.seq.block_table for c in decodes],
+                carried,
             )
             return logits, decodes
         inputs = self.prepare(batch)
+        if carried is not None:
+            carried.write_into(inputs.input_ids)
         if self.cpu_decoder is not None and not batch.prefills:
             logits = self.cpu_decoder.run(
                 inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices

@@ -51,30 +51,46 @@ class SampleResult:
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:  # logits: [S, V] float32
+    """Each row's token and, for the rows that ask, its logprobs; ends with one host sync."""
     params = batch.params
-    logits = process_logits(logits, batch)
     wants_logprobs = [p.logprobs is not None for p in params]
-    greedy = [p.greedy for p in params]
-    if all(greedy) and not any(wants_logprobs):
-        return SampleResult(_argmax(logits).tolist(), [None] * len(params))
+    if not any(wants_logprobs):
+        return SampleResult(draw(logits, batch).tolist(), [None] * len(params))
+    logits = process_logits(logits, batch)
     probs = probabilities(logits, params)
-    if all(greedy):
-        tokens = _argmax(logits)
-    else:
-        # In place unless the logprobs below still need the probabilities.
-        cdf = probs.cumsum(dim=-1) if any(wants_logprobs) else probs.cumsum_(dim=-1)  # [S, V]
-        # Scaled by each row's total so rounding in the sum never leaves u past the last bucket.
-        u = _uniforms(len(params), batch.generators, logits.device)[:, None] * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
-        if any(greedy):
-            rows = on_device([i for i, g in enumerate(greedy) if g], logits.device)
-            tokens[rows] = _argmax(logits[rows])
+    tokens = _choose(logits, probs, batch, keep_probs=True)
     logprobs: list[RowLogprobs | None] = [None] * len(params)
-    if any(wants_logprobs):
-        rows = [i for i, w in enumerate(wants_logprobs) if w]
-        for row, result in zip(rows, _logprobs(probs, tokens, rows, params), strict=True):
-            logprobs[row] = result
+    rows = [i for i, w in enumerate(wants_logprobs) if w]
+    for row, result in zip(rows, _logprobs(probs, tokens, rows, params), strict=True):
+        logprobs[row] = result
     return SampleResult(tokens.tolist(), logprobs)
+
+
+def draw(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:  # [S, V] -> [S] long
+    """Each row's token, left where the logits are: no host sync, so a GPU's next step can take
+    them as its inputs before the host has read them."""
+    logits = process_logits(logits, batch)
+    if all(p.greedy for p in batch.params):
+        return _argmax(logits)
+    return _choose(logits, probabilities(logits, batch.params), batch, keep_probs=False)
+
+
+def _choose(
+    logits: torch.Tensor, probs: torch.Tensor, batch: SamplingBatch, keep_probs: bool
+) -> torch.Tensor:  # [S]
+    """Greedy rows take their argmax; the others invert their CDF at a uniform number."""
+    greedy = [p.greedy for p in batch.params]
+    if all(greedy):
+        return _argmax(logits)
+    # In place unless the caller still needs the probabilities (for logprobs).
+    cdf = probs.cumsum(dim=-1) if keep_probs else probs.cumsum_(dim=-1)  # [S, V]
+    # Scaled by each row's total so rounding in the sum never leaves u past the last bucket.
+    u = _uniforms(len(greedy), batch.generators, logits.device)[:, None] * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+    if any(greedy):
+        rows = on_device([i for i, g in enumerate(greedy) if g], logits.device)
+        tokens[rows] = _argmax(logits[rows])
+    return tokens
 
 
 def on_device(

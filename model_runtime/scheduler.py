@@ -45,6 +45,13 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.decodes or self.prefills)
 
+    def without_finished(self) -> Batch:
+        """The chunks of sequences that have not finished since they were scheduled."""
+        return Batch(
+            [c for c in self.decodes if not c.seq.is_finished],
+            [c for c in self.prefills if not c.seq.is_finished],
+        )
+
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
@@ -76,6 +83,8 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
+            if seq.num_tokens >= seq.max_total_tokens:
+                continue  # its last token, still on the device (see in_flight.py), ends it
             length = min(seq.num_pending_tokens, budget)
             if not self._reserve(seq, seq.num_computed_tokens + length, batch):
                 continue

@@ -207,6 +207,7 @@ class EngineRun:
     weights: str  # the formats of the engine's CPU linears ("Q4_1+Q8_0"), "" elsewhere
     decode_bytes: float  # weight and KV bytes the decode phase had to read
     decode_seconds: float  # the decode phase's steps, timed one by one
+    overlap_steps: bool  # each step launched before the previous one's tokens were read
 
 
 def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
@@ -226,6 +227,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         max_num_seqs=max(len(work.prompt_lens), 64) if args.max_num_seqs is None else args.max_num_seqs,
         max_model_len=max(p + o for p, o in zip(work.prompt_lens, work.output_lens, strict=True)) + 16,
         enforce_eager=args.enforce_eager,
+        overlap_steps=args.overlap_steps,
     )
     engine = Engine(config)
     eos = engine.tokenizer.eos_token_ids
@@ -263,6 +265,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         "+".join(weight_formats(engine.model)),
         read["bytes"],
         read["seconds"],
+        engine.overlap_steps,
     )
 
 
@@ -411,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
                 "temperature": work.temperature,
                 "seed": args.seed,
                 "enforce_eager": args.enforce_eager,
+                "overlap_steps": measured.overlap_steps,
                 "engine": engine_t.as_dict(),
                 "copy_bandwidth_gb_s": bandwidth / 1e9,
                 "decode_roofline_fraction": roofline,
@@ -453,6 +457,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-num-seqs", type=int, default=None, help="engine: sequences at once")
     parser.add_argument("--enforce-eager", action="store_true", help="engine on CUDA: no CUDA graphs")
+    parser.add_argument(
+        "--overlap-steps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="engine: launch each step before reading the previous one's tokens (default: on CUDA)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="for the random prompts and lengths")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 

@@ -31,6 +31,7 @@ FLAGS = {
     "--kv-cache-memory-gib": "ATENEA_KV_CACHE_MEMORY_GIB",
     "--gpu-memory-utilization": "ATENEA_GPU_MEMORY_UTILIZATION",
     "--enforce-eager": "ATENEA_ENFORCE_EAGER",
+    "--overlap-steps": "ATENEA_OVERLAP_STEPS",
     "--image-model": "ATENEA_IMAGE_MODEL",
     "--image-max-batch-size": "ATENEA_IMAGE_MAX_BATCH_SIZE",
     "--image-cpu-threads": "ATENEA_IMAGE_CPU_THREADS",
