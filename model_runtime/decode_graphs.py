@@ -50,22 +50,20 @@ class DecodeGraphs:
         device = next(model.parameters()).device
         b, w = self.max_batch, max_blocks_per_seq
         self.width = w
-        pin = device.type == "cuda"
-        # Every input in two device buffers, each filled by one copy from a pinned host twin, so a
+        # Every input in two device buffers, each filled by one copy from pinned host memory, so a
         # step's inputs cost two copies whatever the batch: ids, positions and slots in `longs`;
         # context lengths then block tables in `ints`.
-        self.host_longs = torch.zeros(3, b, dtype=torch.long, pin_memory=pin)
-        self.host_ints = torch.zeros(b + b * w, dtype=torch.int32, pin_memory=pin)
         self.longs = torch.zeros(3, b, dtype=torch.long, device=device)
         self.ints = torch.zeros(b + b * w, dtype=torch.int32, device=device)
         self.input_ids, self.positions, self.slot_mapping = self.longs
         self.context_lens = self.ints[:b]
         self.block_tables = self.ints[b:].view(b, w)
-        self.host_lens = self.host_ints[:b]
-        self.host_tables = self.host_ints[b:].view(b, w)
-        # What each host table row holds, so a step rewrites only the entries that changed: a
-        # sequence's table grows by one block every `block_size` tokens.
-        self.row_tables: list[list[int]] = [[] for _ in range(b)]
+        # Two host twins, used in turn: with overlapped steps (in_flight.py) the host fills step
+        # N+1's inputs before it knows step N's copy has left, but step N-1's has (its tokens
+        # were read), so the twin that step N-1 used is free.
+        pin = device.type == "cuda"
+        self.staging = [HostInputs(b, w, pin), HostInputs(b, w, pin)]
+        self.turn = 0
         self.logits_indices = torch.arange(b, device=device)
         self.capture = capture
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -111,36 +109,17 @@ class DecodeGraphs:
 
     def _fill_padding(self) -> None:
         """Every row writes to the scratch block and attends to one token of it (for capture)."""
-        self.host_longs[:] = 0
-        self.host_longs[2] = self.scratch_block * self.block_size
-        self.host_lens[:] = 1
-        self._write_tables([], self.max_batch)
-        self._upload(self.max_batch)
+        host = self.staging[self.turn]
+        host.longs[:] = 0
+        host.longs[2] = self.scratch_block * self.block_size
+        host.lens[:] = 1
+        host.write_tables([], self.max_batch, self.scratch_block)
+        self._upload(host, self.max_batch)
 
-    def _write_tables(self, block_tables: Sequence[Sequence[int]], scratch_rows: int) -> None:
-        """Host table rows: the sequences' tables, then `scratch_rows` rows that read the scratch
-        block. Entries a row already holds are not written again."""
-        rows = self.row_tables
-        for i, table in enumerate(block_tables):
-            known = rows[i]
-            if len(known) <= len(table) and table[: len(known)] == known:
-                if len(table) > len(known):
-                    self.host_tables[i, len(known) : len(table)] = torch.tensor(
-                        table[len(known) :], dtype=torch.int32
-                    )
-                    known.extend(table[len(known) :])
-            else:
-                self.host_tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
-                rows[i] = list(table)
-        n = len(block_tables)
-        if scratch_rows:
-            self.host_tables[n : n + scratch_rows, 0] = self.scratch_block
-            rows[n : n + scratch_rows] = [[self.scratch_block] for _ in range(scratch_rows)]
-
-    def _upload(self, size: int) -> None:
-        self.longs.copy_(self.host_longs, non_blocking=True)
+    def _upload(self, host: HostInputs, size: int) -> None:
+        self.longs.copy_(host.longs, non_blocking=True)
         used = self.max_batch + size * self.width  # the lengths, then the first `size` table rows
-        self.ints[:used].copy_(self.host_ints[:used], non_blocking=True)
+        self.ints[:used].copy_(host.ints[:used], non_blocking=True)
 
     def run(
         self,
@@ -153,14 +132,15 @@ class DecodeGraphs:
         size = self.bucket(n)
         bs, pad = self.block_size, size - n
         slots = [table[p // bs] * bs + p % bs for table, p in zip(block_tables, positions, strict=True)]
+        host, self.turn = self.staging[self.turn], 1 - self.turn
         # Padded rows: token 0 at position 0, written to the scratch block's first slot.
-        self.host_longs[:, :size] = torch.tensor(
+        host.longs[:, :size] = torch.tensor(
             [*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[self.scratch_block * bs] * pad],
             dtype=torch.long,
         ).view(3, size)
-        self.host_lens[:size] = self.host_longs[1, :size] + 1
-        self._write_tables(block_tables, pad)
-        self._upload(size)
+        host.lens[:size] = host.longs[1, :size] + 1
+        host.write_tables(block_tables, pad, self.scratch_block)
+        self._upload(host, size)
         if carried is not None:
             carried.write_into(self.input_ids)
         if not self.capture:
@@ -169,3 +149,38 @@ class DecodeGraphs:
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]
+
+
+class HostInputs:
+    """One host twin of the static input buffers (see `DecodeGraphs`)."""
+
+    def __init__(self, batch: int, width: int, pin: bool) -> None:
+        self.longs = torch.zeros(3, batch, dtype=torch.long, pin_memory=pin)  # ids, positions, slots
+        self.ints = torch.zeros(batch + batch * width, dtype=torch.int32, pin_memory=pin)
+        self.lens = self.ints[:batch]
+        self.tables = self.ints[batch:].view(batch, width)
+        # What each table row holds, so a step rewrites only the entries that changed: a
+        # sequence's table grows by one block every `block_size` tokens.
+        self.row_tables: list[list[int]] = [[] for _ in range(batch)]
+
+    def write_tables(
+        self, block_tables: Sequence[Sequence[int]], scratch_rows: int, scratch_block: int
+    ) -> None:
+        """Table rows: the sequences' tables, then `scratch_rows` rows that read `scratch_block`.
+        Entries a row already holds are not written again."""
+        rows = self.row_tables
+        for i, table in enumerate(block_tables):
+            known = rows[i]
+            if len(known) <= len(table) and table[: len(known)] == known:
+                if len(table) > len(known):
+                    self.tables[i, len(known) : len(table)] = torch.tensor(
+                        table[len(known) :], dtype=torch.int32
+                    )
+                    known.extend(table[len(known) :])
+            else:
+                self.tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
+                rows[i] = list(table)
+        n = len(block_tables)
+        if scratch_rows:
+            self.tables[n : n + scratch_rows, 0] = scratch_block
+            rows[n : n + scratch_rows] = [[scratch_block] for _ in range(scratch_rows)]
