@@ -292,6 +292,8 @@ class Engine:
                     state.seq.token_ids.pop()  # its drawn token is dropped, not counted
                 self.scheduler.finish(state.seq, FinishReason.ABORT)
                 outputs.append(state.output("", [], FinishReason.ABORT))
+        if self.in_flight is not None and all(s.is_finished for s in self.in_flight.seqs):
+            self.in_flight = None  # none of its tokens is wanted: there is nothing left to read
         return outputs
 
     def fail_all(self, message: str) -> list[RequestOutput]:

@@ -6,7 +6,7 @@
 # name), logs.txt (every step's output) and gpu-tests.xml.
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
-# CHECK_WORKLOADS picks among "w1 w2 w3".
+# CHECK_WORKLOADS picks among "w1 w2 w3 sync" (sync: W1 and W2 without overlapped steps).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 SHAPES=${CHECK_SHAPES:-llama2-7b smollm2-135m}
 W3_SHAPES=${W3_SHAPES:-$SHAPES}
 W2_REQUESTS=${W2_REQUESTS:-128}
-WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3}
+WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 sync}
 W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -97,5 +97,14 @@ else
   echo "== w3 skipped: the server does not import here:"
   tail -n 3 "$WORK/w3-imports.log"
   status=1
+fi
+
+# Last, what overlapped steps are worth: W1 and W2 again with each step waiting for the last.
+if [[ $WORKLOADS == *sync* ]]; then
+  for shape in $SHAPES; do
+    bench "w1-$shape-no-overlap" 90 --model "random:$shape" --workload w1 --no-overlap-steps --baseline none
+    bench "w2-$shape-no-overlap" 120 --model "random:$shape" --workload w2 --requests "$W2_REQUESTS" \
+      --no-overlap-steps --baseline none
+  done
 fi
 exit $status
