@@ -134,9 +134,10 @@ class AsyncEngine:
         self._inbox.put(_Add(request_id, list(prompt_token_ids), params))
         finished = False
         unfinished = params.n  # one final output per sample; a failure ends them all
+        held: RequestOutput | None = None  # taken from the queue while merging, not yet sent
         try:
             while True:
-                out = await stream.get()
+                out, held = await _next_merged(stream, held)
                 if out.finished:
                     unfinished -= 1
                 finished = unfinished == 0 or out.finish_reason is FinishReason.ERROR
@@ -248,6 +249,38 @@ class AsyncEngine:
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.put_nowait(out)
+
+
+async def _next_merged(
+    stream: asyncio.Queue[RequestOutput], held: RequestOutput | None
+) -> tuple[RequestOutput, RequestOutput | None]:
+    """The next output, merged with those of the same sample already queued behind it.
+
+    When the engine gets ahead of a consumer (a busy event loop, a slow client), one output then
+    carries several tokens instead of each paying for its own trip through the HTTP layer (vLLM
+    merges the same way). Returns it and the output of another sample that stopped the merge.
+    """
+    out = held if held is not None else await stream.get()
+    while not out.finished and not stream.empty():
+        following = stream.get_nowait()
+        if following.index != out.index:
+            return out, following
+        out = merged(out, following)
+    return out, None
+
+
+def merged(first: RequestOutput, then: RequestOutput) -> RequestOutput:
+    """Two successive outputs of one sample as one."""
+    logprobs = None
+    if first.logprobs is not None or then.logprobs is not None:
+        logprobs = (first.logprobs or []) + (then.logprobs or [])
+    return replace(
+        then,
+        text=first.text + then.text,
+        token_ids=first.token_ids + then.token_ids,
+        logprobs=logprobs,
+        prompt_logprobs=first.prompt_logprobs,
+    )
 
 
 def _set_result(future: asyncio.Future[Any], value: Any = None) -> None:

@@ -55,3 +55,33 @@ async def test_a_dead_engine_thread_fails_requests_and_refuses_new_ones(engine: 
     assert not engine.is_alive()
     with pytest.raises(RuntimeError):
         await anext(engine.generate("b", [5], PARAMS))
+
+
+async def test_a_consumer_that_falls_behind_gets_merged_outputs_losing_nothing(engine: AsyncEngine) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, logprobs=1)
+    prompt = [5, 6, 7, 8]
+    keeping_up = [o async for o in engine.generate("fast", prompt, params)]
+    behind = []
+    async for out in engine.generate("slow", prompt, params):
+        behind.append(out)
+        await asyncio.sleep(0.05)  # several engine steps pass: their outputs wait in the queue
+    assert len(behind) < len(keeping_up)
+    for outs in (keeping_up, behind):
+        assert outs[-1].finish_reason is FinishReason.LENGTH and outs[-1].completion_tokens == 40
+    assert [t for o in behind for t in o.token_ids] == [t for o in keeping_up for t in o.token_ids]
+    assert "".join(o.text for o in behind) == "".join(o.text for o in keeping_up)
+    merged_logprobs = [e for o in behind for e in o.logprobs or []]
+    assert merged_logprobs == [e for o in keeping_up for e in o.logprobs or []]
+    assert len(merged_logprobs) == 40
+
+
+async def test_samples_of_one_request_are_never_merged_into_each_other(engine: AsyncEngine) -> None:
+    params = SamplingParams(temperature=1.0, seed=3, n=3, max_tokens=30, ignore_eos=True)
+    outs = []
+    async for out in engine.generate("n3", [5, 6, 7], params):
+        outs.append(out)
+        await asyncio.sleep(0.03)
+    for index in range(3):
+        mine = [o for o in outs if o.index == index]
+        assert sum(len(o.token_ids) for o in mine) == 30 and mine[-1].completion_tokens == 30
+        assert mine[-1].finished and not any(o.finished for o in mine[:-1])
