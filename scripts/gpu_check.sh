@@ -16,6 +16,8 @@ W3_SHAPES=${W3_SHAPES:-$SHAPES}
 W2_REQUESTS=${W2_REQUESTS:-128}
 WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 sync}
 W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
+# Client processes for W3: one asyncio client tops out at a few thousand streamed tok/s.
+W3_CLIENTS=${W3_CLIENTS:-4}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 if compgen -G ".gpu/wheels/*.whl" >/dev/null &&
@@ -87,7 +89,8 @@ elif $PY -c "import app.main, httpx" 2>"$WORK/w3-imports.log"; then
       sleep 1
     done
     step "w3-http-$shape" 120 $PY -m app.cli bench serve --base-url "http://127.0.0.1:$port/v1" \
-      -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --json "$WORK/w3-http-$shape.json"
+      -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --processes "$W3_CLIENTS" \
+      --json "$WORK/w3-http-$shape.json"
     kill "$server" 2>/dev/null
     wait "$server" 2>/dev/null
     step "w3-engine-$shape" 90 $PY -m app.bench.engine --model "random:$shape" --batch-size "$W3_STREAMS" \

@@ -255,3 +255,34 @@ def test_cli_registers_both_tools() -> None:
     args = parser.parse_args(["bench", "engine", "--batch-size", "16", "--baseline", "none"])
     assert args.func is engine.run and args.batch_size == 16 and args.baseline == "none"
     assert args.model == "smollm2-135m-instruct"
+
+
+def test_serve_bench_client_processes_share_the_work_and_pool_their_records() -> None:
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.bench.serve import run_in_processes
+
+    server = FakeServer(chunks=50)  # ~50 ms a request: the two processes' requests overlap
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    http = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    try:
+        while not http.started:
+            threading.Event().wait(0.05)
+        config = ServeBenchConfig(base_url=f"http://127.0.0.1:{port}/v1", num_requests=8, concurrency=4)
+        summary = run_in_processes(config, processes=2).summary()
+    finally:
+        http.should_exit = True
+        thread.join(timeout=10)
+    assert (summary["requests"], summary["ok"], summary["completion_tokens"]) == (8, 8, 400)
+    prompts = [b["messages"][0]["content"] for b in server.bodies]
+    indices = sorted(int(re.search(r"Request (\d+)\.", p).group(1)) for p in prompts)
+    assert indices == list(range(8))  # each request sent once, numbered across both processes
+    assert 2 < server.max_in_flight <= 4  # both processes at once, each within its share
+    assert 0 < summary["duration_s"] < 10
