@@ -49,7 +49,13 @@ def cpu_supports_kernels() -> bool:
 
 def build_dir() -> Path:
     home = Path(os.environ.get("ATENEA_HOME") or Path.home() / ".cache" / "atenea")
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + torch.__version__.encode())
+    # The sources' folder counts too: ninja's build file names them by absolute path, so two
+    # checkouts of the same sources sharing one folder would rebuild it for each other in turn.
+    digest = hashlib.sha256(
+        b"".join(p.read_bytes() for p in SOURCES + HEADERS)
+        + torch.__version__.encode()
+        + str(SOURCES[0].parent).encode()
+    )
     return home / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
 
 
