@@ -107,7 +107,7 @@ def _start_watchdog(app: FastAPI, settings: Settings) -> Watchdog:
 
 async def _start_models(
     settings: Settings, config: EngineConfig
-) -> tuple[model_runtime.AsyncEngine, AsyncImageWorker | None, AsyncEncoder | None]:
+) -> tuple[model_runtime.EngineFront, AsyncImageWorker | None, AsyncEncoder | None]:
     """The text engine, the image worker and the embedding model, each loaded on a thread of its
     own. On a CPU the engine starts first. What shares the engine's GPU starts before it (the image
     pipeline, then the embedding model), so its weights are taken before the engine measures free
@@ -141,7 +141,7 @@ async def _start_models(
         reserved = image_worker.reserved_device_bytes if image_worker is not None else 0
         if reserved:
             config = replace(config, reserved_gpu_memory_bytes=config.reserved_gpu_memory_bytes + reserved)
-        engine = await _start_engine(config)
+        engine = await _start_engine(config, settings.engine_process)
         shutdowns.append(lambda: _shutdown_quietly(engine))
         if not gpu_images:
             await images()
@@ -157,18 +157,23 @@ async def _start_models(
     return engine, image_worker, encoder
 
 
-async def _start_engine(config: EngineConfig) -> model_runtime.AsyncEngine:
-    logger.info("starting engine for %s (%s)", config.served_model_name, config.model_path)
-    engine = model_runtime.AsyncEngine(config)
+async def _start_engine(config: EngineConfig, own_process: bool | None) -> model_runtime.EngineFront:
+    engine = model_runtime.engine_for(config, own_process)
+    logger.info(
+        "starting engine for %s (%s) %s",
+        config.served_model_name,
+        config.model_path,
+        "in a process of its own" if isinstance(engine, model_runtime.EngineProcess) else "on a thread",
+    )
     try:
-        await engine.start()  # loads the weights on the engine's own thread
+        await engine.start()  # loads the weights on the engine's own thread or process
     except BaseException:
         await _shutdown_quietly(engine)
         raise
     return engine
 
 
-async def _shutdown_quietly(engine: model_runtime.AsyncEngine) -> None:
+async def _shutdown_quietly(engine: model_runtime.EngineFront) -> None:
     try:
         await engine.shutdown()
     except Exception:
@@ -191,7 +196,8 @@ def create_app(
     encoder: EncoderClient | None = None,
 ) -> FastAPI:
     """A given `engine` (tests, embedding) is used as is: the app neither starts nor stops it.
-    Otherwise the lifespan builds an AsyncEngine from `engine_config`, or from `settings`.
+    Otherwise the lifespan builds an engine (`model_runtime.engine_for`) from `engine_config`, or
+    from `settings`.
     Given `images` are likewise used as is; otherwise the lifespan that builds the engine also starts
     the image worker `settings.image_model` names. A given `encoder` (the dedicated embedding model)
     is likewise used as is; otherwise that lifespan loads the one `settings.embedding_model` names.

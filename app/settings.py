@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         description="launch each step before the host reads the previous step's tokens, hiding the "
         "host's work behind the device's; unset: on with CUDA, off on a CPU",
     )
+    engine_process: bool | None = Field(
+        None,
+        description="run the engine in a process of its own, so the HTTP layer and the engine's host "
+        "work never wait on each other's Python; unset: on with CUDA, off on a CPU",
+    )
     image_model: str = Field(
         "atenea-shapes",
         description="image model for /v1/images/generations: a built-in name, a local diffusers "

@@ -36,6 +36,9 @@ from model_runtime.tool_calls import (
 __all__ = [
     "AsyncEncoder",
     "AsyncEngine",
+    "EngineFront",
+    "EngineProcess",
+    "engine_for",
     "CallArguments",
     "CallStart",
     "ContentPiece",
@@ -74,6 +77,14 @@ def __getattr__(name: str) -> object:
         from model_runtime.async_engine import AsyncEngine
 
         return AsyncEngine
+    if name in ("EngineProcess", "engine_for"):
+        from model_runtime import engine_process
+
+        return getattr(engine_process, name)
+    if name == "EngineFront":
+        from model_runtime.engine_front import EngineFront
+
+        return EngineFront
     if name == "AsyncEncoder":
         from model_runtime.encoder import AsyncEncoder
 

@@ -15,10 +15,8 @@ import torch
 
 from model_runtime.api import (
     ChatMessage,
-    ContextLengthExceeded,
     EngineStats,
     FinishReason,
-    InvalidParameter,
     InvalidPrompt,
     ModelInfo,
     RequestOutput,
@@ -35,6 +33,7 @@ from model_runtime.kv_cache import BlockManager
 from model_runtime.model_runner import ModelRunner, profile_activation_bytes
 from model_runtime.models.cpu_linear import weight_formats
 from model_runtime.models.loader import load_model
+from model_runtime.request_checks import check_embed_inputs, check_request
 from model_runtime.request_state import RequestState
 from model_runtime.sampler import RowLogprobs, SamplingBatch, draw, sample
 from model_runtime.scheduler import Batch, Scheduler
@@ -182,46 +181,14 @@ class Engine:
 
     def embed(self, inputs: Seq[Seq[int]]) -> list[list[float]]:
         """One mean-pooled, normalised embedding per token-id input (see `embedder`)."""
-        for ids in inputs:
-            if not ids:
-                raise InvalidPrompt("an input is empty", param="input")
-            if min(ids) < 0 or max(ids) >= self.vocab_size:
-                raise InvalidPrompt(f"token ids must be in [0, {self.vocab_size})", param="input")
-            if len(ids) > self.max_model_len:
-                raise ContextLengthExceeded(
-                    f"This model's maximum context length is {self.max_model_len} tokens; an input has "
-                    f"{len(ids)}.",
-                    param="input",
-                )
+        check_embed_inputs(inputs, self.model_info)
         return [embed(self.model, list(ids)).tolist() for ids in inputs]
 
     def render_chat(self, messages: Seq[ChatMessage], tools: Seq[ToolSpec] | None = None) -> list[int]:
         return self.tokenizer.render_chat(messages, tools=tools)
 
     def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
-        if not prompt_token_ids:
-            raise InvalidPrompt("the prompt is empty")
-        # min/max run in C: validation happens on the event loop and again on the engine thread.
-        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.vocab_size:
-            raise InvalidPrompt(f"prompt token ids must be in [0, {self.vocab_size})")
-        wanted = len(prompt_token_ids) + (params.max_tokens or 0)
-        if len(prompt_token_ids) >= self.max_model_len or wanted > self.max_model_len:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-                f"requested {wanted} tokens ({len(prompt_token_ids)} in the messages, "
-                f"{params.max_tokens or 0} in the completion). Please reduce the length of the "
-                "messages or completion."
-            )
-        if params.logit_bias:
-            bad = [t for t, _ in params.logit_bias if not 0 <= t < self.vocab_size]
-            if bad:
-                raise InvalidParameter(
-                    f"logit_bias: token id {bad[0]} is not in this model's vocabulary "
-                    f"[0, {self.vocab_size}).",
-                    "logit_bias",
-                )
-        if params.constraint is not None:
-            grammar_of(params.constraint)
+        check_request(prompt_token_ids, params, self.model_info)
 
     def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
         self.validate(prompt_token_ids, params)

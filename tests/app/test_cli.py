@@ -32,6 +32,7 @@ FLAGS = {
     "--gpu-memory-utilization": "ATENEA_GPU_MEMORY_UTILIZATION",
     "--enforce-eager": "ATENEA_ENFORCE_EAGER",
     "--overlap-steps": "ATENEA_OVERLAP_STEPS",
+    "--engine-process": "ATENEA_ENGINE_PROCESS",
     "--image-model": "ATENEA_IMAGE_MODEL",
     "--image-max-batch-size": "ATENEA_IMAGE_MAX_BATCH_SIZE",
     "--image-cpu-threads": "ATENEA_IMAGE_CPU_THREADS",

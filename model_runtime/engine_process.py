@@ -1,0 +1,333 @@
+"""The engine in a process of its own, so that the HTTP layer and the engine's host work never wait
+for each other's turn at one interpreter lock.
+
+On a GPU the engine's host work (scheduling, preparing inputs, detokenizing) must keep up with the
+device, and the event loop spends tens of microseconds of Python per streamed chunk. Sharing one
+lock, each delays the other: a thread that wants the lock back may wait out the whole switch
+interval (5 ms) of the other. vLLM moved its engine out of the API server's process for this.
+
+Parent (this module's `EngineProcess`, on the event loop): tokenizer, validation, per-request
+queues. A sender thread writes requests and aborts to a pipe; a reader thread reads one message
+per engine turn (that turn's outputs and the engine's stats) and hands it to the event loop.
+
+Child (`serve_engine`): the same `run_engine_loop` as the engine thread, fed by a thread that reads
+the pipe. It exits when told to stop or when the parent's end of the pipe closes, so it never
+outlives the server. Its log records go to the parent's handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import logging.handlers
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+from model_runtime.api import EngineStats, ModelInfo, RequestOutput
+from model_runtime.async_engine import AsyncEngine
+from model_runtime.config import EngineConfig
+from model_runtime.engine import Engine, resolve_device
+from model_runtime.engine_front import EngineFront
+from model_runtime.engine_loop import Embed, Message, Stop, run_engine_loop
+from model_runtime.request_checks import check_embed_inputs
+from model_runtime.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+# How long shutdown() waits for the engine process before killing it.
+SHUTDOWN_JOIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Ready:
+    model_info: ModelInfo
+    stats: EngineStats
+
+
+@dataclass(frozen=True)
+class _LoadFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """What one turn of the engine loop produced."""
+
+    outputs: list[RequestOutput]
+    stats: EngineStats
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    ticket: int
+    vectors: list[list[float]] | None
+    error: str | None  # inputs are checked before they are sent: an error here is a failure
+
+
+class EngineProcess(EngineFront):
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__()
+        self.config = config
+        self._context = multiprocessing.get_context("spawn")  # a forked CUDA runtime is unusable
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._model_info: ModelInfo | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._stats: EngineStats | None = None
+        # monotonic time the running step started, 0.0 between steps; written by the child
+        self._step_started = self._context.Value("d", 0.0, lock=False)
+        self._outbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._embeds: dict[int, asyncio.Future[list[list[float]]]] = {}
+        self._tickets = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._logs: Any = None  # the child's log records, a multiprocessing queue
+        self._failure: str | None = None
+        self._stopping = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        from_parent, to_child = self._context.Pipe(duplex=False)
+        from_child, to_parent = self._context.Pipe(duplex=False)
+        self._logs = self._context.Queue()
+        self._process = self._context.Process(
+            target=serve_engine,
+            args=(
+                self.config,
+                from_parent,
+                to_parent,
+                self._step_started,
+                self._logs,
+                logging.getLogger().getEffectiveLevel(),
+            ),
+            name="atenea-engine",
+            daemon=True,  # ended with the server whichever way it exits
+        )
+        self._process.start()
+        # Our copies of the child's ends: closed, so that its death reads as end-of-file here.
+        from_parent.close()
+        to_parent.close()
+        self._start_thread(self._forward_logs, "atenea-engine-logs")
+        tokenizer = asyncio.create_task(asyncio.to_thread(Tokenizer.from_folder, self.config.model_path))
+        first = await asyncio.to_thread(_receive, from_child)
+        if not isinstance(first, _Ready):
+            tokenizer.cancel()
+            await self._reap()
+            reason = first.message if isinstance(first, _LoadFailed) else "it exited while loading"
+            raise RuntimeError(f"the engine process could not load the model: {reason}")
+        self._model_info, self._stats = first.model_info, first.stats
+        self._tokenizer = await tokenizer
+        self._start_thread(lambda: self._receive_forever(from_child), "atenea-engine-reader")
+        self._start_thread(lambda: self._send_forever(to_child), "atenea-engine-sender")
+
+    async def shutdown(self) -> None:
+        if self._process is None:
+            return
+        self._stopping = True
+        self._outbox.put(Stop())
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Waits for the child (killing it when it does not stop) and for our threads."""
+        process = self._process
+        assert process is not None
+        self._stopping = True
+        self._outbox.put(None)
+        await asyncio.to_thread(process.join, SHUTDOWN_JOIN_S)
+        if process.is_alive():
+            log.error("the engine process did not stop within %.0f s; killing it", SHUTDOWN_JOIN_S)
+            process.kill()
+            await asyncio.to_thread(process.join)
+        self._logs.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
+        self._process = None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive() and self._failure is None
+
+    # -- EngineClient ---------------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._model_info is None:
+            raise RuntimeError("the engine is not started")
+        return self._model_info
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise RuntimeError("the engine is not started")
+        return self._tokenizer
+
+    def stats(self) -> EngineStats:
+        if self._stats is None:
+            raise RuntimeError("the engine is not started")
+        started = self._step_started.value
+        running_s = 0.0 if started == 0.0 else max(time.monotonic() - started, 0.0)
+        return replace(self._stats, step_running_s=running_s)
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if not self.is_alive():
+            raise RuntimeError("the engine is not running")
+        check_embed_inputs(inputs, self.model_info)  # the client's errors are raised here
+        assert self._loop is not None
+        ticket = next(self._tickets)
+        future: asyncio.Future[list[list[float]]] = self._loop.create_future()
+        self._embeds[ticket] = future
+        self._send(Embed([list(ids) for ids in inputs], ticket))
+        try:
+            return await future
+        finally:
+            self._embeds.pop(ticket, None)
+
+    def _send(self, message: Message) -> None:
+        self._outbox.put(message)
+
+    # -- threads --------------------------------------------------------------------------------
+
+    def _start_thread(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _send_forever(self, pipe: Connection) -> None:
+        # A thread, not the event loop: a large prompt can fill the pipe while the child is busy.
+        while (message := self._outbox.get()) is not None:
+            try:
+                pipe.send(message)
+            except (OSError, ValueError):
+                break  # the child is gone; the reader reports it
+        pipe.close()
+
+    def _receive_forever(self, pipe: Connection) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (message := _receive(pipe)) is not None:
+            if isinstance(message, _Turn):
+                self._stats = message.stats
+                if message.outputs:
+                    loop.call_soon_threadsafe(self._dispatch, message.outputs)
+            elif isinstance(message, _Embedded):
+                loop.call_soon_threadsafe(self._embedded, message)
+        pipe.close()
+        if self._stopping:
+            return
+        process = self._process
+        code = process.exitcode if process is not None else None
+        self._failure = f"the engine process exited unexpectedly (exit code {code})"
+        log.error("%s", self._failure)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._fail_everything, self._failure)
+
+    def _forward_logs(self) -> None:
+        while (record := self._logs.get()) is not None:
+            logging.getLogger(record.name).handle(record)
+
+    # -- on the event loop ----------------------------------------------------------------------
+
+    def _embedded(self, message: _Embedded) -> None:
+        future = self._embeds.get(message.ticket)
+        if future is None or future.done():
+            return
+        if message.error is not None:
+            future.set_exception(RuntimeError(message.error))
+        else:
+            future.set_result(message.vectors or [])
+
+    def _fail_everything(self, message: str) -> None:
+        self._fail_streams(message)
+        for future in self._embeds.values():
+            if not future.done():
+                future.set_exception(RuntimeError(message))
+
+
+def engine_for(config: EngineConfig, own_process: bool | None = None) -> EngineFront:
+    """The engine on a thread of this process or in a process of its own. None: its own process
+    where it runs on CUDA; on a CPU the two would share the same cores anyway, and a thread starts
+    seconds sooner."""
+    if own_process is None:
+        own_process = resolve_device(config).type == "cuda"
+    return EngineProcess(config) if own_process else AsyncEngine(config)
+
+
+def _receive(pipe: Connection) -> Any:
+    """The next message, or None once the other end is closed."""
+    try:
+        return pipe.recv()
+    except (EOFError, OSError):
+        return None
+
+
+# -- the child process ----------------------------------------------------------------------------
+
+
+class _PipeSink:
+    """Where the child's engine loop puts its results: one pipe message per turn."""
+
+    def __init__(self, engine: Engine, pipe: Connection, step_started: Any) -> None:
+        self.engine = engine
+        self.pipe = pipe
+        self.started = step_started
+
+    def deliver(self, outputs: list[RequestOutput]) -> None:
+        self.pipe.send(_Turn(outputs, self.engine.stats()))
+
+    def embedded(self, ticket: Any, vectors: list[list[float]] | None, error: Exception | None) -> None:
+        self.pipe.send(_Embedded(ticket, vectors, None if error is None else f"embedding failed: {error}"))
+
+    def step_started(self, at: float | None) -> None:
+        self.started.value = 0.0 if at is None else at
+
+
+def serve_engine(
+    config: EngineConfig,
+    inbox_pipe: Connection,
+    outbox_pipe: Connection,
+    step_started: Any,
+    logs: Any,
+    log_level: int,
+) -> None:
+    """The child's main: load the model, report, then run the engine loop until told to stop."""
+    # Ctrl-C reaches the whole process group; the server stops us itself, after draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.setLevel(log_level)
+
+    try:
+        engine = Engine(config)
+    except Exception as exc:
+        log.exception("the engine could not load the model")
+        outbox_pipe.send(_LoadFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    outbox_pipe.send(_Ready(engine.model_info, engine.stats()))
+    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+
+    def read_pipe() -> None:
+        # The parent's end closing (it exited, or was killed) stops the engine like a shutdown.
+        while (message := _receive(inbox_pipe)) is not None:
+            inbox.put(message)
+        inbox.put(Stop())
+
+    threading.Thread(target=read_pipe, name="atenea-engine-inbox", daemon=True).start()
+    sink = _PipeSink(engine, outbox_pipe, step_started)
+    try:
+        run_engine_loop(engine, inbox, sink)
+    except (BrokenPipeError, EOFError):
+        pass  # the parent is gone: nobody is left to tell
+    except BaseException as exc:
+        log.exception("the engine died")
+        sink.deliver(engine.fail_all(f"the engine failed: {exc}"))
+        raise SystemExit(1) from exc
