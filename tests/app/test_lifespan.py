@@ -20,13 +20,14 @@ from tests.app.fake_engine import FakeEngine
 
 
 class FakeAsyncEngine(FakeEngine):
-    """Stands in for model_runtime.AsyncEngine: FakeEngine plus start/shutdown."""
+    """Stands in for the engine `model_runtime.engine_for` builds: FakeEngine plus start/shutdown."""
 
     instances: list[FakeAsyncEngine] = []
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, own_process: bool | None) -> None:
         super().__init__(model_id=config.served_model_name)
         self.config = config
+        self.own_process = own_process
         self.events: list[str] = []
         FakeAsyncEngine.instances.append(self)
 
@@ -40,7 +41,7 @@ class FakeAsyncEngine(FakeEngine):
 @pytest.fixture(autouse=True)
 def fake_async_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAsyncEngine.instances = []
-    monkeypatch.setattr(model_runtime, "AsyncEngine", FakeAsyncEngine, raising=False)
+    monkeypatch.setattr(model_runtime, "engine_for", FakeAsyncEngine, raising=False)
 
 
 async def test_lifespan_starts_and_stops_the_engine(tmp_path: Path) -> None:
@@ -76,6 +77,15 @@ async def test_lifespan_resolves_the_model_from_settings(
         (engine,) = FakeAsyncEngine.instances
         assert engine.config.model_path == tmp_path / "tiny-llama"
         assert (engine.config.served_model_name, engine.config.max_num_seqs) == ("tiny-llama", 4)
+        assert engine.own_process is None  # unset: decided by the device
+
+
+async def test_engine_process_setting_reaches_the_engine(tmp_path: Path) -> None:
+    config = EngineConfig(model_path=tmp_path, served_model_name="served")
+    for own_process in (True, False):
+        app = create_app(Settings(engine_process=own_process), engine_config=config)
+        async with app.router.lifespan_context(app):
+            assert FakeAsyncEngine.instances[-1].own_process is own_process
 
 
 async def test_given_engine_is_neither_started_nor_stopped() -> None:
