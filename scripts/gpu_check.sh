@@ -6,15 +6,17 @@
 # name), logs.txt (every step's output) and gpu-tests.xml.
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
-# CHECK_WORKLOADS picks among "w1 w2 w3 sync" (sync: W1 and W2 without overlapped steps).
+# CHECK_WORKLOADS picks among "w1 w2 w3 sync thread" (sync: W1 and W2 without overlapped steps;
+# thread: W3 with the engine on a thread of the server instead of its own process).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 PY=${PYTHON:-python3}
 SHAPES=${CHECK_SHAPES:-llama2-7b smollm2-135m}
 W3_SHAPES=${W3_SHAPES:-$SHAPES}
+W3_THREAD_SHAPES=${W3_THREAD_SHAPES:-smollm2-135m}  # the small model streams the most tokens a second
 W2_REQUESTS=${W2_REQUESTS:-128}
-WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 sync}
+WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 sync thread}
 W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
 # Client processes for W3: one asyncio client tops out at a few thousand streamed tok/s.
 W3_CLIENTS=${W3_CLIENTS:-4}
@@ -76,30 +78,35 @@ done
 
 # W3: the same engine behind HTTP, 64 concurrent streams of 256 tokens, and the engine alone on
 # the same concurrency, to show what the HTTP layer costs.
-if [[ $WORKLOADS != *w3* ]]; then
-  :
-elif $PY -c "import app.main, httpx" 2>"$WORK/w3-imports.log"; then
-  port=18765
-  for shape in $W3_SHAPES; do
-    $PY -m app.cli serve --model "random:$shape" --port "$port" --image-model none \
-      >"$WORK/w3-server-$shape.log" 2>&1 &
-    server=$!
-    for _ in $(seq 120); do
-      curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-      sleep 1
-    done
-    step "w3-http-$shape" 120 $PY -m app.cli bench serve --base-url "http://127.0.0.1:$port/v1" \
-      -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --processes "$W3_CLIENTS" \
-      --json "$WORK/w3-http-$shape.json"
-    kill "$server" 2>/dev/null
-    wait "$server" 2>/dev/null
-    step "w3-engine-$shape" 90 $PY -m app.bench.engine --model "random:$shape" --batch-size "$W3_STREAMS" \
-      --prompt-len 32 --max-tokens "$W3_TOKENS" --baseline none --json "$WORK/w3-engine-$shape.json"
+w3_http() {  # w3_http NAME SHAPE [SERVE FLAGS...]: a server on the shape, then the HTTP benchmark
+  local name=$1 shape=$2 port=18765
+  shift 2
+  $PY -m app.cli serve --model "random:$shape" --port "$port" --image-model none "$@" \
+    >"$WORK/$name-server.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 120); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 1
   done
-else
+  step "$name" 120 $PY -m app.cli bench serve --base-url "http://127.0.0.1:$port/v1" \
+    -c "$W3_STREAMS" -n "$W3_REQUESTS" --max-tokens "$W3_TOKENS" --ignore-eos --processes "$W3_CLIENTS" \
+    --json "$WORK/$name.json"
+  kill "$server" 2>/dev/null
+  wait "$server" 2>/dev/null
+}
+server_imports() {
+  $PY -c "import app.main, httpx" 2>"$WORK/w3-imports.log" && return 0
   echo "== w3 skipped: the server does not import here:"
   tail -n 3 "$WORK/w3-imports.log"
   status=1
+  return 1
+}
+if [[ $WORKLOADS == *w3* ]] && server_imports; then
+  for shape in $W3_SHAPES; do
+    w3_http "w3-http-$shape" "$shape" --engine-process
+    step "w3-engine-$shape" 90 $PY -m app.bench.engine --model "random:$shape" --batch-size "$W3_STREAMS" \
+      --prompt-len 32 --max-tokens "$W3_TOKENS" --baseline none --json "$WORK/w3-engine-$shape.json"
+  done
 fi
 
 # Last, what overlapped steps are worth: W1 and W2 again with each step waiting for the last.
@@ -108,6 +115,12 @@ if [[ $WORKLOADS == *sync* ]]; then
     bench "w1-$shape-no-overlap" 90 --model "random:$shape" --workload w1 --no-overlap-steps --baseline none
     bench "w2-$shape-no-overlap" 120 --model "random:$shape" --workload w2 --requests "$W2_REQUESTS" \
       --no-overlap-steps --baseline none
+  done
+fi
+# And what the engine's own process is worth: W3 with the engine on a thread of the server.
+if [[ $WORKLOADS == *thread* ]] && server_imports; then
+  for shape in $W3_THREAD_SHAPES; do
+    w3_http "w3-http-$shape-thread" "$shape" --no-engine-process
   done
 fi
 exit $status

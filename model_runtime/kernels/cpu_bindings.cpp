@@ -24,7 +24,10 @@ torch::Tensor argmax_rows_cpu(const torch::Tensor& x);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   using namespace atenea;
-  mod.def("linear", &linear_cpu, "x @ W.T (+ bias) for tiled Q4_1 / Q8_0 / fp16 weights (see cpu_blockq.py)");
+  // Without the GIL: a prefill's linears run for up to a second, and the server's event loop must
+  // keep answering (streams, health checks, fast 429s) meanwhile.
+  mod.def("linear", &linear_cpu, "x @ W.T (+ bias) for tiled Q4_1 / Q8_0 / fp16 weights (see cpu_blockq.py)",
+          pybind11::call_guard<pybind11::gil_scoped_release>());
   mod.def("paged_decode", &paged_decode_cpu, "one query token per sequence over the paged KV cache");
   mod.def("rms_norm", &rms_norm_cpu, "x / sqrt(mean(x^2) + eps) * weight, row by row");
   mod.def("silu_mul", &silu_mul_cpu, "silu(gate) * up of a packed [T, 2I] projection");

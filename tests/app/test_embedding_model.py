@@ -248,7 +248,7 @@ async def test_lifespan_loads_the_flagged_model_and_stops_it(
     from model_runtime import EngineConfig
     from tests.app.test_lifespan import FakeAsyncEngine
 
-    monkeypatch.setattr("model_runtime.AsyncEngine", FakeAsyncEngine, raising=False)
+    monkeypatch.setattr("model_runtime.engine_for", FakeAsyncEngine, raising=False)
     config = EngineConfig(model_path=tmp_path, served_model_name="served")
     settings = Settings(image_model="none", embedding_model=str(bert), device="cpu")
     app = create_app(settings, engine_config=config)
