@@ -22,12 +22,13 @@ import itertools
 import logging
 import logging.handlers
 import multiprocessing
+import operator
 import queue
 import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -57,11 +58,16 @@ class _LoadFailed:
     message: str
 
 
+# An output crosses the pipe as the tuple of its fields: pickling 128 dataclasses took 277 us and
+# unpickling 382 us on the 2-core EPYC; as tuples, 98 us and 110 us with the rebuilding.
+_output_fields = operator.attrgetter(*(f.name for f in fields(RequestOutput)))
+
+
 @dataclass(frozen=True)
 class _Turn:
     """What one turn of the engine loop produced."""
 
-    outputs: list[RequestOutput]
+    outputs: list[tuple[Any, ...]]  # RequestOutput fields, in order
     stats: EngineStats
 
 
@@ -217,7 +223,8 @@ class EngineProcess(EngineFront):
             if isinstance(message, _Turn):
                 self._stats = message.stats
                 if message.outputs:
-                    loop.call_soon_threadsafe(self._dispatch, message.outputs)
+                    outputs = [RequestOutput(*values) for values in message.outputs]
+                    loop.call_soon_threadsafe(self._dispatch, outputs)
             elif isinstance(message, _Embedded):
                 loop.call_soon_threadsafe(self._embedded, message)
         pipe.close()
@@ -281,7 +288,7 @@ class _PipeSink:
         self.started = step_started
 
     def deliver(self, outputs: list[RequestOutput]) -> None:
-        self.pipe.send(_Turn(outputs, self.engine.stats()))
+        self.pipe.send(_Turn([_output_fields(out) for out in outputs], self.engine.stats()))
 
     def embedded(self, ticket: Any, vectors: list[list[float]] | None, error: Exception | None) -> None:
         self.pipe.send(_Embedded(ticket, vectors, None if error is None else f"embedding failed: {error}"))
