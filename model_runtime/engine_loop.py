@@ -42,6 +42,16 @@ class Stop:
 Message = Add | Abort | Embed | Stop
 
 
+class Inbox(Protocol):
+    def get(self) -> Message:
+        """The next message, waiting for one."""
+        ...
+
+    def get_nowait(self) -> Message:
+        """The next message; raises queue.Empty when none is waiting."""
+        ...
+
+
 class EngineSink(Protocol):
     def deliver(self, outputs: list[RequestOutput]) -> None:
         """After every turn of the loop that did something; `outputs` may be empty."""
@@ -54,7 +64,7 @@ class EngineSink(Protocol):
         ...
 
 
-def run_engine_loop(engine: Engine, inbox: queue.SimpleQueue[Message], sink: EngineSink) -> None:
+def run_engine_loop(engine: Engine, inbox: Inbox, sink: EngineSink) -> None:
     """Returns at `Stop`, after failing what is still running. A failed step fails the requests in
     flight, not the engine; anything else escapes to the caller, which owns the engine's death."""
     while True:

@@ -7,12 +7,14 @@ lock, each delays the other: a thread that wants the lock back may wait out the 
 interval (5 ms) of the other. vLLM moved its engine out of the API server's process for this.
 
 Parent (this module's `EngineProcess`, on the event loop): tokenizer, validation, per-request
-queues. A sender thread writes requests and aborts to a pipe; a reader thread reads one message
-per engine turn (that turn's outputs and the engine's stats) and hands it to the event loop.
+queues. A sender thread writes requests and aborts to a pipe. The event loop itself reads the other
+pipe, one message per engine turn (that turn's outputs and the engine's stats), whenever it is
+readable, and takes all that has come: a reader thread would need the lock back from a busy event
+loop for every message, and a convoy of such waits can hold back the engine.
 
-Child (`serve_engine`): the same `run_engine_loop` as the engine thread, fed by a thread that reads
-the pipe. It exits when told to stop or when the parent's end of the pipe closes, so it never
-outlives the server. Its log records go to the parent's handlers.
+Child (`serve_engine`): the same `run_engine_loop` as the engine thread, its inbox read straight
+from the pipe between steps. It exits when told to stop or when the parent's end of the pipe
+closes, so it never outlives the server. Its log records go to the parent's handlers.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class EngineProcess(EngineFront):
         self._embeds: dict[int, asyncio.Future[list[list[float]]]] = {}
         self._tickets = itertools.count()
         self._threads: list[threading.Thread] = []
+        self._from_child: Connection | None = None  # read by the event loop
         self._logs: Any = None  # the child's log records, a multiprocessing queue
         self._failure: str | None = None
         self._stopping = False
@@ -127,12 +130,14 @@ class EngineProcess(EngineFront):
         first = await asyncio.to_thread(_receive, from_child)
         if not isinstance(first, _Ready):
             tokenizer.cancel()
+            from_child.close()
             await self._reap()
             reason = first.message if isinstance(first, _LoadFailed) else "it exited while loading"
             raise RuntimeError(f"the engine process could not load the model: {reason}")
         self._model_info, self._stats = first.model_info, first.stats
         self._tokenizer = await tokenizer
-        self._start_thread(lambda: self._receive_forever(from_child), "atenea-engine-reader")
+        self._from_child = from_child
+        self._loop.add_reader(from_child.fileno(), self._read_pipe)
         self._start_thread(lambda: self._send_forever(to_child), "atenea-engine-sender")
 
     async def shutdown(self) -> None:
@@ -153,6 +158,8 @@ class EngineProcess(EngineFront):
             log.error("the engine process did not stop within %.0f s; killing it", SHUTDOWN_JOIN_S)
             process.kill()
             await asyncio.to_thread(process.join)
+        if self._from_child is not None:
+            self._read_pipe()  # its last turn (the requests the stop ended), then end of file
         self._logs.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
@@ -216,32 +223,41 @@ class EngineProcess(EngineFront):
                 break  # the child is gone; the reader reports it
         pipe.close()
 
-    def _receive_forever(self, pipe: Connection) -> None:
-        loop = self._loop
-        assert loop is not None
-        while (message := _receive(pipe)) is not None:
+    def _forward_logs(self) -> None:
+        while (record := self._logs.get()) is not None:
+            logging.getLogger(record.name).handle(record)
+
+    # -- on the event loop ----------------------------------------------------------------------
+
+    def _read_pipe(self) -> None:
+        """Everything the child has sent so far. A message is written whole, so `recv` after a
+        successful poll waits at most for the rest of one write."""
+        pipe = self._from_child
+        assert pipe is not None
+        while pipe.poll(0):
+            message = _receive(pipe)
+            if message is None:
+                self._pipe_closed(pipe)
+                return
             if isinstance(message, _Turn):
                 self._stats = message.stats
                 if message.outputs:
-                    outputs = [RequestOutput(*values) for values in message.outputs]
-                    loop.call_soon_threadsafe(self._dispatch, outputs)
+                    self._dispatch([RequestOutput(*values) for values in message.outputs])
             elif isinstance(message, _Embedded):
-                loop.call_soon_threadsafe(self._embedded, message)
+                self._embedded(message)
+
+    def _pipe_closed(self, pipe: Connection) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(pipe.fileno())
         pipe.close()
+        self._from_child = None
         if self._stopping:
             return
         process = self._process
         code = process.exitcode if process is not None else None
         self._failure = f"the engine process exited unexpectedly (exit code {code})"
         log.error("%s", self._failure)
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(self._fail_everything, self._failure)
-
-    def _forward_logs(self) -> None:
-        while (record := self._logs.get()) is not None:
-            logging.getLogger(record.name).handle(record)
-
-    # -- on the event loop ----------------------------------------------------------------------
+        self._fail_everything(self._failure)
 
     def _embedded(self, message: _Embedded) -> None:
         future = self._embeds.get(message.ticket)
@@ -277,6 +293,28 @@ def _receive(pipe: Connection) -> Any:
 
 
 # -- the child process ----------------------------------------------------------------------------
+
+
+class _PipeInbox:
+    """The engine loop's inbox, read straight from the pipe: with no thread in between, a message
+    never waits for that thread's turn at the lock while the engine steps. The parent's end closing
+    (it exited, or was killed) reads as a stop."""
+
+    def __init__(self, pipe: Connection) -> None:
+        self.pipe = pipe
+        self.closed = False
+
+    def get(self) -> Message:
+        message = None if self.closed else _receive(self.pipe)
+        if message is None:
+            self.closed = True  # and nothing is waiting after it, or the loop's drain never ends
+            return Stop()
+        return message
+
+    def get_nowait(self) -> Message:
+        if self.closed or not self.pipe.poll(0):
+            raise queue.Empty
+        return self.get()
 
 
 class _PipeSink:
@@ -320,18 +358,9 @@ def serve_engine(
         outbox_pipe.send(_LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
     outbox_pipe.send(_Ready(engine.model_info, engine.stats()))
-    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-
-    def read_pipe() -> None:
-        # The parent's end closing (it exited, or was killed) stops the engine like a shutdown.
-        while (message := _receive(inbox_pipe)) is not None:
-            inbox.put(message)
-        inbox.put(Stop())
-
-    threading.Thread(target=read_pipe, name="atenea-engine-inbox", daemon=True).start()
     sink = _PipeSink(engine, outbox_pipe, step_started)
     try:
-        run_engine_loop(engine, inbox, sink)
+        run_engine_loop(engine, _PipeInbox(inbox_pipe), sink)
     except (BrokenPipeError, EOFError):
         pass  # the parent is gone: nobody is left to tell
     except BaseException as exc:

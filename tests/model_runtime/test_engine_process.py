@@ -7,6 +7,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,8 @@ from model_runtime.api import (
 from model_runtime.async_engine import AsyncEngine
 from model_runtime.config import EngineConfig
 from model_runtime.engine_front import EngineFront
-from model_runtime.engine_process import EngineProcess, engine_for
+from model_runtime.engine_loop import Abort, Stop
+from model_runtime.engine_process import EngineProcess, _PipeInbox, engine_for
 
 LONG = SamplingParams(temperature=0.0, max_tokens=4000, ignore_eos=True)
 
@@ -186,6 +188,21 @@ def test_a_step_in_progress_shows_in_the_stats(tiny_model_path: Path) -> None:
     assert engine.stats().step_running_s == 0.0
     engine._step_started.value = time.monotonic() - 5.0
     assert 5.0 <= engine.stats().step_running_s < 6.0
+
+
+def test_the_childs_inbox_reads_the_pipe_and_its_end_as_one_stop() -> None:
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    inbox = _PipeInbox(receiving)
+    with pytest.raises(queue.Empty):
+        inbox.get_nowait()
+    sending.send(Abort("a"))
+    sending.send(Abort("b"))
+    sending.close()
+    assert [inbox.get_nowait().request_id, inbox.get().request_id] == ["a", "b"]  # type: ignore[union-attr]
+    assert isinstance(inbox.get_nowait(), Stop)
+    with pytest.raises(queue.Empty):
+        inbox.get_nowait()
+    assert isinstance(inbox.get(), Stop)
 
 
 def test_the_engine_has_its_own_process_by_default_only_on_cuda(tiny_model_path: Path) -> None:
