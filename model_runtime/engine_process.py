@@ -45,8 +45,9 @@ from model_runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-# How long shutdown() waits for the engine process before killing it.
+# How long shutdown() waits for the engine process before killing it, then for our own threads.
 SHUTDOWN_JOIN_S = 10.0
+THREAD_JOIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class EngineProcess(EngineFront):
         if not isinstance(first, _Ready):
             tokenizer.cancel()
             from_child.close()
+            to_child.close()
             await self._reap()
             reason = first.message if isinstance(first, _LoadFailed) else "it exited while loading"
             raise RuntimeError(f"the engine process could not load the model: {reason}")
@@ -162,7 +164,9 @@ class EngineProcess(EngineFront):
             self._read_pipe()  # its last turn (the requests the stop ended), then end of file
         self._logs.put(None)
         for thread in self._threads:
-            await asyncio.to_thread(thread.join)
+            # Bounded: a child killed in the middle of writing a log record leaves the log
+            # thread reading a record that never ends. Both threads are daemons.
+            await asyncio.to_thread(thread.join, THREAD_JOIN_S)
         self._threads = []
         self._process = None
 
