@@ -235,3 +235,33 @@ def test_the_image_pipelines_peak_is_kept_out_of_the_kv_cache(tmp_path: Path) ->
     with_images, _ = kv_blocks(reserved)
     expected = reserved / per_block
     assert abs((without - with_images) - expected) <= 0.02 * expected + 64
+
+
+async def test_the_engine_process_on_cuda_answers_as_the_engine_thread() -> None:
+    """`--engine-process` is the default with CUDA: the child must initialise CUDA itself (the
+    server never does) and give the same greedy tokens as the engine on a thread."""
+    from model_runtime import resolve_model
+    from model_runtime.async_engine import AsyncEngine
+    from model_runtime.config import EngineConfig
+    from model_runtime.engine_process import EngineProcess, engine_for
+
+    path = resolve_model("random:smollm2-135m").path
+    # A fixed KV budget: the thread engine's cache stays in this process's allocator.
+    config = EngineConfig(model_path=path, served_model_name="random", kv_cache_memory_gib=1.0)
+    assert isinstance(engine_for(config), EngineProcess)
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    prompts = [list(range(10, 10 + n)) for n in (5, 40, 300)]
+    answers = []
+    for engine in (AsyncEngine(config), EngineProcess(config)):
+        await engine.start()
+        try:
+            answers.append(
+                [
+                    [t async for out in engine.generate(f"r{i}", prompt, params) for t in out.token_ids]
+                    for i, prompt in enumerate(prompts)
+                ]
+            )
+        finally:
+            await engine.shutdown()
+    assert answers[0] == answers[1]
+    assert all(len(tokens) == 32 for tokens in answers[1])
