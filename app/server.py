@@ -6,6 +6,7 @@ code. A second SIGINT forces the exit."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from types import FrameType
 
@@ -25,7 +26,13 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
+        await super().startup(sockets)  # the app's lifespan has loaded the models
+        # Everything alive now lives as long as the server. A full collection walks it all (about
+        # 0.2 s of paused streams with the default model on the 2-core EPYC, 0.5 ms once frozen),
+        # and garbage collection never frees any of it: move it out of the collector's sight,
+        # as vLLM does after start-up.
+        gc.collect()
+        gc.freeze()
 
     def request_exit(self, code: int) -> None:
         self.exit_code = max(self.exit_code, code)

@@ -20,6 +20,7 @@ closes, so it never outlives the server. Its log records go to the parent's hand
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import logging.handlers
@@ -361,6 +362,10 @@ def serve_engine(
         log.exception("the engine could not load the model")
         outbox_pipe.send(_LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
+    # The model, the tokenizer and the imports live as long as the process: keep them out of full
+    # collections, which would pause the engine to walk them (see app/server.py).
+    gc.collect()
+    gc.freeze()
     outbox_pipe.send(_Ready(engine.model_info, engine.stats()))
     sink = _PipeSink(engine, outbox_pipe, step_started)
     try:
