@@ -12,35 +12,32 @@ pipe, one message per engine turn (that turn's outputs and the engine's stats), 
 readable, and takes all that has come: a reader thread would need the lock back from a busy event
 loop for every message, and a convoy of such waits can hold back the engine.
 
-Child (`serve_engine`): the same `run_engine_loop` as the engine thread, its inbox read straight
-from the pipe between steps. It exits when told to stop or when the parent's end of the pipe
-closes, so it never outlives the server. Its log records go to the parent's handlers.
+Child (`engine_child.serve_engine`): the same `run_engine_loop` as the engine thread, its inbox
+read straight from the pipe between steps. It exits when told to stop or when the parent's end of
+the pipe closes, so it never outlives the server. Its log records go to the parent's handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
-import logging.handlers
 import multiprocessing
-import operator
 import queue
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from model_runtime.api import EngineStats, ModelInfo, RequestOutput
 from model_runtime.async_engine import AsyncEngine
 from model_runtime.config import EngineConfig
-from model_runtime.engine import Engine, resolve_device
+from model_runtime.engine import resolve_device
+from model_runtime.engine_child import Embedded, LoadFailed, Ready, Turn, receive, serve_engine
 from model_runtime.engine_front import EngineFront
-from model_runtime.engine_loop import Embed, Message, Stop, run_engine_loop
+from model_runtime.engine_loop import Embed, Message, Stop
 from model_runtime.request_checks import check_embed_inputs
 from model_runtime.tokenizer import Tokenizer
 
@@ -49,37 +46,6 @@ log = logging.getLogger(__name__)
 # How long shutdown() waits for the engine process before killing it, then for our own threads.
 SHUTDOWN_JOIN_S = 10.0
 THREAD_JOIN_S = 2.0
-
-
-@dataclass(frozen=True)
-class _Ready:
-    model_info: ModelInfo
-    stats: EngineStats
-
-
-@dataclass(frozen=True)
-class _LoadFailed:
-    message: str
-
-
-# An output crosses the pipe as the tuple of its fields: pickling 128 dataclasses took 277 us and
-# unpickling 382 us on the 2-core EPYC; as tuples, 98 us and 110 us with the rebuilding.
-_output_fields = operator.attrgetter(*(f.name for f in fields(RequestOutput)))
-
-
-@dataclass(frozen=True)
-class _Turn:
-    """What one turn of the engine loop produced."""
-
-    outputs: list[tuple[Any, ...]]  # RequestOutput fields, in order
-    stats: EngineStats
-
-
-@dataclass(frozen=True)
-class _Embedded:
-    ticket: int
-    vectors: list[list[float]] | None
-    error: str | None  # inputs are checked before they are sent: an error here is a failure
 
 
 class EngineProcess(EngineFront):
@@ -129,13 +95,13 @@ class EngineProcess(EngineFront):
         to_parent.close()
         self._start_thread(self._forward_logs, "atenea-engine-logs")
         tokenizer = asyncio.create_task(asyncio.to_thread(Tokenizer.from_folder, self.config.model_path))
-        first = await asyncio.to_thread(_receive, from_child)
-        if not isinstance(first, _Ready):
+        first = await asyncio.to_thread(receive, from_child)
+        if not isinstance(first, Ready):
             tokenizer.cancel()
             from_child.close()
             to_child.close()
             await self._reap()
-            reason = first.message if isinstance(first, _LoadFailed) else "it exited while loading"
+            reason = first.message if isinstance(first, LoadFailed) else "it exited while loading"
             raise RuntimeError(f"the engine process could not load the model: {reason}")
         self._model_info, self._stats = first.model_info, first.stats
         self._tokenizer = await tokenizer
@@ -240,15 +206,15 @@ class EngineProcess(EngineFront):
         pipe = self._from_child
         assert pipe is not None
         while pipe.poll(0):
-            message = _receive(pipe)
+            message = receive(pipe)
             if message is None:
                 self._pipe_closed(pipe)
                 return
-            if isinstance(message, _Turn):
+            if isinstance(message, Turn):
                 self._stats = message.stats
                 if message.outputs:
                     self._dispatch([RequestOutput(*values) for values in message.outputs])
-            elif isinstance(message, _Embedded):
+            elif isinstance(message, Embedded):
                 self._embedded(message)
 
     def _pipe_closed(self, pipe: Connection) -> None:
@@ -264,7 +230,7 @@ class EngineProcess(EngineFront):
         log.error("%s", self._failure)
         self._fail_everything(self._failure)
 
-    def _embedded(self, message: _Embedded) -> None:
+    def _embedded(self, message: Embedded) -> None:
         future = self._embeds.get(message.ticket)
         if future is None or future.done():
             return
@@ -287,92 +253,3 @@ def engine_for(config: EngineConfig, own_process: bool | None = None) -> EngineF
     if own_process is None:
         own_process = resolve_device(config).type == "cuda"
     return EngineProcess(config) if own_process else AsyncEngine(config)
-
-
-def _receive(pipe: Connection) -> Any:
-    """The next message, or None once the other end is closed."""
-    try:
-        return pipe.recv()
-    except (EOFError, OSError):
-        return None
-
-
-# -- the child process ----------------------------------------------------------------------------
-
-
-class _PipeInbox:
-    """The engine loop's inbox, read straight from the pipe: with no thread in between, a message
-    never waits for that thread's turn at the lock while the engine steps. The parent's end closing
-    (it exited, or was killed) reads as a stop."""
-
-    def __init__(self, pipe: Connection) -> None:
-        self.pipe = pipe
-        self.closed = False
-
-    def get(self) -> Message:
-        message = None if self.closed else _receive(self.pipe)
-        if message is None:
-            self.closed = True  # and nothing is waiting after it, or the loop's drain never ends
-            return Stop()
-        return message
-
-    def get_nowait(self) -> Message:
-        if self.closed or not self.pipe.poll(0):
-            raise queue.Empty
-        return self.get()
-
-
-class _PipeSink:
-    """Where the child's engine loop puts its results: one pipe message per turn."""
-
-    def __init__(self, engine: Engine, pipe: Connection, step_started: Any) -> None:
-        self.engine = engine
-        self.pipe = pipe
-        self.started = step_started
-
-    def deliver(self, outputs: list[RequestOutput]) -> None:
-        self.pipe.send(_Turn([_output_fields(out) for out in outputs], self.engine.stats()))
-
-    def embedded(self, ticket: Any, vectors: list[list[float]] | None, error: Exception | None) -> None:
-        self.pipe.send(_Embedded(ticket, vectors, None if error is None else f"embedding failed: {error}"))
-
-    def step_started(self, at: float | None) -> None:
-        self.started.value = 0.0 if at is None else at
-
-
-def serve_engine(
-    config: EngineConfig,
-    inbox_pipe: Connection,
-    outbox_pipe: Connection,
-    step_started: Any,
-    logs: Any,
-    log_level: int,
-) -> None:
-    """The child's main: load the model, report, then run the engine loop until told to stop."""
-    # Ctrl-C reaches the whole process group; the server stops us itself, after draining.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
-    root.setLevel(log_level)
-
-    try:
-        engine = Engine(config)
-    except Exception as exc:
-        log.exception("the engine could not load the model")
-        outbox_pipe.send(_LoadFailed(f"{type(exc).__name__}: {exc}"))
-        return
-    # The model, the tokenizer and the imports live as long as the process: keep them out of full
-    # collections, which would pause the engine to walk them (see app/server.py).
-    gc.collect()
-    gc.freeze()
-    outbox_pipe.send(_Ready(engine.model_info, engine.stats()))
-    sink = _PipeSink(engine, outbox_pipe, step_started)
-    try:
-        run_engine_loop(engine, _PipeInbox(inbox_pipe), sink)
-    except (BrokenPipeError, EOFError):
-        pass  # the parent is gone: nobody is left to tell
-    except BaseException as exc:
-        log.exception("the engine died")
-        sink.deliver(engine.fail_all(f"the engine failed: {exc}"))
-        raise SystemExit(1) from exc

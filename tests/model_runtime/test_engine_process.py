@@ -25,9 +25,10 @@ from model_runtime.api import (
 )
 from model_runtime.async_engine import AsyncEngine
 from model_runtime.config import EngineConfig
+from model_runtime.engine_child import PipeInbox
 from model_runtime.engine_front import EngineFront
 from model_runtime.engine_loop import Abort, Stop
-from model_runtime.engine_process import EngineProcess, _PipeInbox, engine_for
+from model_runtime.engine_process import EngineProcess, engine_for
 
 LONG = SamplingParams(temperature=0.0, max_tokens=4000, ignore_eos=True)
 
@@ -192,7 +193,7 @@ def test_a_step_in_progress_shows_in_the_stats(tiny_model_path: Path) -> None:
 
 def test_the_childs_inbox_reads_the_pipe_and_its_end_as_one_stop() -> None:
     receiving, sending = multiprocessing.Pipe(duplex=False)
-    inbox = _PipeInbox(receiving)
+    inbox = PipeInbox(receiving)
     with pytest.raises(queue.Empty):
         inbox.get_nowait()
     sending.send(Abort("a"))
