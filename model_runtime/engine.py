@@ -1,6 +1,7 @@
 """The synchronous engine: one `step()` is schedule -> run -> sample -> postprocess.
 
-Runs on the engine thread only; `async_engine.AsyncEngine` is the thread-safe face of it.
+Driven by `engine_loop.run_engine_loop` alone, on a thread of the server (`AsyncEngine`) or in a
+process of its own (`EngineProcess`); `engine_front.EngineFront` is the event loop's face of it.
 """
 
 from __future__ import annotations
