@@ -11,6 +11,7 @@ import queue
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,18 @@ async def wait_until_idle(engine: EngineFront) -> EngineStats:
     return engine.stats()
 
 
-async def test_outputs_equal_the_engine_threads(engine: EngineProcess, tiny_model_path: Path) -> None:
+@pytest.mark.parametrize("overlap_steps", [False, True])
+async def test_outputs_equal_the_engine_threads(tiny_model_path: Path, overlap_steps: bool) -> None:
+    # With CUDA the engine runs in its own process with overlapped steps: forced on here too.
+    engine = EngineProcess(replace(config(tiny_model_path), overlap_steps=overlap_steps))
+    await engine.start()
+    try:
+        await outputs_equal_the_engine_threads(engine, tiny_model_path)
+    finally:
+        await engine.shutdown()
+
+
+async def outputs_equal_the_engine_threads(engine: EngineProcess, tiny_model_path: Path) -> None:
     requests = [
         ("greedy", [5, 6, 7, 8], SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)),
         (
@@ -79,7 +91,7 @@ async def test_outputs_equal_the_engine_threads(engine: EngineProcess, tiny_mode
         ),
         ("stop", [5, 6, 7, 8], SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=[7])),
     ]
-    thread = AsyncEngine(config(tiny_model_path))
+    thread = AsyncEngine(engine.config)
     await thread.start()
     generated = 0
     try:
