@@ -12,10 +12,9 @@ import enum
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from types import TracebackType
 
 # A client's own id is echoed only when it is short and plain; anything else gets a fresh one, so a
 # header can never smuggle megabytes or control characters into logs and responses.
@@ -67,22 +66,40 @@ class RequestContext:
         for wait in list(self._waits):
             wait.reschedule(loop.time())
 
-    @asynccontextmanager
-    async def waiting(self) -> AsyncIterator[None]:
+    def waiting(self) -> EngineWait:
         """A wait for the engine, bounded by the deadline and cut short by `end()`: raises
         TimeoutError when either happens. Never spans a `yield` of a generator, so a timeout always
         lands inside it, never in the caller's code."""
-        loop = asyncio.get_running_loop()
-        when = loop.time() if self.end_reason is not None else self.deadline
-        async with asyncio.timeout_at(when) as wait:
-            self._waits.add(wait)
-            try:
-                yield
-            finally:
-                self._waits.discard(wait)
+        return EngineWait(self)
 
     def timed_out_reason(self) -> EndReason:
         return self.end_reason or EndReason.TIMEOUT
+
+
+class EngineWait:
+    """`RequestContext.waiting()`: entered once per streamed output, so a plain class rather than
+    a generator-based context manager (3.3-5.1 against 9.0-10.3 us a token on the 2-core EPYC)."""
+
+    __slots__ = ("_context", "_timeout")
+
+    def __init__(self, context: RequestContext) -> None:
+        self._context = context
+        self._timeout: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        context = self._context
+        when = asyncio.get_running_loop().time() if context.end_reason is not None else context.deadline
+        self._timeout = timeout = asyncio.timeout_at(when)
+        await timeout.__aenter__()
+        context._waits.add(timeout)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        timeout = self._timeout
+        assert timeout is not None
+        self._context._waits.discard(timeout)
+        return await timeout.__aexit__(exc_type, exc, tb)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("atenea_request", default=None)
