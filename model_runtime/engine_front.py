@@ -19,7 +19,7 @@ from model_runtime.api import (
     SamplingParams,
     ToolSpec,
 )
-from model_runtime.engine_loop import Abort, Add, Message
+from model_runtime.engine_loop import Abort, Add, Message, failed_output
 from model_runtime.request_checks import check_request
 from model_runtime.tokenizer import Tokenizer
 
@@ -114,7 +114,7 @@ class EngineFront(ABC):
         """On the event loop: ends every request in flight with an error, for an engine that can no
         longer say so itself."""
         for request_id, stream in self._streams.items():
-            stream.put_nowait(RequestOutput(request_id, "", [], True, FinishReason.ERROR, 0, 0, message))
+            stream.put_nowait(failed_output(request_id, 0, message))
 
 
 async def _next_merged(

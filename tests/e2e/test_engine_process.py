@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,28 @@ def gone(pid: int, within: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+async def stream_events(server: OwnServer, max_tokens: int, once_streaming: Callable[[], None]) -> list[str]:
+    """A chat stream's `data:` payloads; `once_streaming` runs when the first generated text is in."""
+    body = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                events.append(line[5:].strip())
+                if len(events) == 2:  # the role chunk, then the first text
+                    once_streaming()
+    return events
 
 
 def answer(base_url: str, stream: bool) -> tuple[str, str | None]:
@@ -81,17 +104,7 @@ def test_answers_equal_the_engine_threads_and_the_engine_ends_with_the_server(
 async def test_sigterm_drains_streams_then_stops_the_engine(tmp_path: Path) -> None:
     with own_server(tmp_path, "--engine-process", "--shutdown-timeout", "20") as own:
         child = engine_child(own)
-        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 30, "stream": True, "ignore_eos": True}
-        events: list[str] = []
-        async with (
-            httpx.AsyncClient(base_url=own.base_url, timeout=60) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    events.append(line[5:].strip())
-                    if len(events) == 2:
-                        own.proc.send_signal(signal.SIGTERM)
+        events = await stream_events(own, 30, lambda: own.proc.send_signal(signal.SIGTERM))
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
         code = await asyncio.to_thread(own.proc.wait, 30)
@@ -102,17 +115,7 @@ async def test_sigterm_drains_streams_then_stops_the_engine(tmp_path: Path) -> N
 async def test_a_dead_engine_process_fails_its_streams_and_the_server(tmp_path: Path) -> None:
     with own_server(tmp_path, "--engine-process") as own:
         child = engine_child(own)
-        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1000, "stream": True, "ignore_eos": True}
-        events: list[str] = []
-        async with (
-            httpx.AsyncClient(base_url=own.base_url, timeout=60) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    events.append(line[5:].strip())
-                    if len(events) == 2:
-                        os.kill(child, signal.SIGKILL)
+        events = await stream_events(own, 1000, lambda: os.kill(child, signal.SIGKILL))
         assert events[-1] == "[DONE]"
         assert "error" in json.loads(events[-2]), events[-3:]
         # The watchdog finds the engine gone and fails the server, which exits non-zero for its
