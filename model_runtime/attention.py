@@ -73,11 +73,13 @@ def paged_attention(
     cache: KVCache,
     meta: AttentionMetadata,
     scale: float,
+    cached: bool = False,  # the new keys and values are in their cache slots already
 ) -> torch.Tensor:  # [T, H, D]
     # A cache stored in a narrower type (fp16 on a CPU computing in fp32) rounds what it keeps; every
     # read below widens it back, and a chunk's own keys are rounded the same way (`_stored`).
-    cache.keys.index_copy_(0, meta.slot_mapping, k.to(cache.keys.dtype))
-    cache.values.index_copy_(0, meta.slot_mapping, v.to(cache.values.dtype))
+    if not cached:
+        cache.keys.index_copy_(0, meta.slot_mapping, k.to(cache.keys.dtype))
+        cache.values.index_copy_(0, meta.slot_mapping, v.to(cache.values.dtype))
     n = meta.num_decodes
     if n and not meta.prefills and meta.prefill_tables is None:
         # The steady state: decodes only, no copy into a shared output.

@@ -66,8 +66,4 @@ def hidden_states(
         prefills=[PrefillSlice(0, t, torch.empty(0, dtype=torch.long, device=device), None)],
     )
     ids = torch.tensor(token_ids, dtype=torch.long, device=device)
-    x = model.embed_tokens(ids)  # [T, hidden]
-    cos, sin = model.rope(torch.arange(t, device=device), x.dtype)
-    for layer, cache in zip(model.layers, caches, strict=True):
-        x = layer(x, cos, sin, cache, meta)
-    return model.norm(x)
+    return model.norm(model.hidden_states(ids, torch.arange(t, device=device), caches, meta))

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_runtime.attention import AttentionMetadata, KVCache, paged_attention
+from model_runtime.kernels import fused_layer
 from model_runtime.kernels.cpu_extension import load_kernels
+from model_runtime.kernels.fused_layer import fused_kernels_enabled
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm of `x`; with `add`, of `x += add` (the residual stream takes a layer's update)."""
+        if fused_kernels_enabled(x) and x.dim() == 2:
+            return fused_layer.rms_norm(x, self.weight, self.eps, add)
+        if add is not None:
+            x.add_(add)
         if x.dtype == torch.float32:
             kernels = cpu_kernels(x)
             if kernels is not None and x.dim() == 2:
@@ -115,6 +122,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
         self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=s.o_bias)
         self.scale = s.head_dim**-0.5
+        self.heads = [s.num_heads, s.num_kv_heads, s.num_kv_heads]
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, meta: AttentionMetadata
@@ -122,11 +130,18 @@ class Attention(nn.Module):
         t = x.shape[0]
         qkv = self.qkv_proj(x)
         kernels = cpu_kernels(qkv)
+        if fused_kernels_enabled(qkv) and not self.head_dim & (self.head_dim - 1):
+            # One launch rotates the queries and keys and writes the cache, instead of seven.
+            fused_layer.rope_and_cache(
+                qkv, cos, sin, cache.keys, cache.values, meta.slot_mapping, self.num_heads, self.num_kv_heads
+            )
+            q, k, v = qkv.view(t, -1, self.head_dim).split(self.heads, dim=1)
+            out = paged_attention(q, k, v, cache, meta, self.scale, cached=True)
+            return self.o_proj(out.reshape(t, self.q_size))
         if kernels is not None and qkv.is_contiguous() and cos.is_contiguous():
             # One pass over the rows, in place, instead of torch's five elementwise ops.
             kernels.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads)
-            heads = [self.num_heads, self.num_kv_heads, self.num_kv_heads]
-            q, k, v = qkv.view(t, -1, self.head_dim).split(heads, dim=1)
+            q, k, v = qkv.view(t, -1, self.head_dim).split(self.heads, dim=1)
         else:
             qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
             # Queries and keys are rotated together: half the kernel launches of rotating each.
@@ -145,6 +160,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
+        if fused_kernels_enabled(gate_up):
+            return self.down_proj(fused_layer.silu_mul(gate_up))
         kernels = cpu_kernels(gate_up)
         if kernels is not None and gate_up.dim() == 2:
             return self.down_proj(kernels.silu_mul(gate_up))
@@ -162,11 +179,22 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(s)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        # The residual stream is one buffer, updated in place (it starts as a fresh embedding lookup).
-        x = x.add_(self.self_attn(self.input_layernorm(x), cos, sin, cache, meta))
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+        self,
+        x: torch.Tensor,
+        pending: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the residual stream and this layer's MLP output, still to be added to it.
+
+        The residual stream `x` is one buffer, updated in place (it starts as a fresh embedding
+        lookup). Each update is added by the norm that reads the sum next, which on a GPU does
+        both in one kernel: the previous layer's MLP output (`pending`) by this layer's input norm.
+        """
+        h = self.self_attn(self.input_layernorm(x, pending), cos, sin, cache, meta)
+        return x, self.mlp(self.post_attention_layernorm(x, h))
 
 
 class LlamaModel(nn.Module):
@@ -199,12 +227,19 @@ class LlamaModel(nn.Module):
         meta: AttentionMetadata,
         logits_indices: torch.Tensor,  # [S] rows whose next-token logits are needed
     ) -> torch.Tensor:  # [S, V] float32
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rope(positions, x.dtype)
-        for layer, cache in zip(self.layers, caches, strict=True):
-            x = layer(x, cos, sin, cache, meta)
+        x = self.hidden_states(input_ids, positions, caches, meta)
         x = self.norm(x.index_select(0, logits_indices))
         return self.lm_head(x).float()
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, caches: list[KVCache], meta: AttentionMetadata
+    ) -> torch.Tensor:  # [T, hidden], before the final norm
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope(positions, x.dtype)
+        pending = None
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x, pending = layer(x, pending, cos, sin, cache, meta)
+        return x.add_(pending) if pending is not None else x
 
     def load_hf_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads Hugging Face-named tensors, packing q/k/v and gate/up as they arrive."""
