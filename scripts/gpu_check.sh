@@ -6,8 +6,9 @@
 # name), logs.txt (every step's output) and gpu-tests.xml.
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
-# CHECK_WORKLOADS picks among "w1 w2 w3 sync thread" (sync: W1 and W2 without overlapped steps;
-# thread: W3 with the engine on a thread of the server instead of its own process).
+# CHECK_WORKLOADS picks among "w1 w2 w3 unfused sync thread" (unfused: W1 without the fused layer
+# kernels; sync: W1 and W2 without overlapped steps; thread: W3 with the engine on a thread of the
+# server instead of its own process).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -16,7 +17,7 @@ SHAPES=${CHECK_SHAPES:-llama2-7b smollm2-135m}
 W3_SHAPES=${W3_SHAPES:-$SHAPES}
 W3_THREAD_SHAPES=${W3_THREAD_SHAPES:-smollm2-135m}  # the small model streams the most tokens a second
 W2_REQUESTS=${W2_REQUESTS:-128}
-WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 sync thread}
+WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 unfused sync thread}
 W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
 # Client processes for W3: one asyncio client tops out at a few thousand streamed tok/s.
 W3_CLIENTS=${W3_CLIENTS:-4}
@@ -109,6 +110,15 @@ if [[ $WORKLOADS == *w3* ]] && server_imports; then
   done
 fi
 
+# What the fused layer kernels are worth: W1 (and SmolLM2's W2, launch-bound too) with the plain
+# torch operations in every layer.
+if [[ $WORKLOADS == *unfused* ]]; then
+  for shape in $SHAPES; do
+    ATENEA_FUSED_KERNELS=0 bench "w1-$shape-unfused" 90 --model "random:$shape" --workload w1 --baseline none
+  done
+  [[ $SHAPES == *smollm2-135m* ]] && ATENEA_FUSED_KERNELS=0 bench "w2-smollm2-135m-unfused" 120 \
+    --model "random:smollm2-135m" --workload w2 --requests "$W2_REQUESTS" --baseline none
+fi
 # Last, what overlapped steps are worth: W1 and W2 again with each step waiting for the last.
 if [[ $WORKLOADS == *sync* ]]; then
   for shape in $SHAPES; do

@@ -208,6 +208,7 @@ class EngineRun:
     decode_bytes: float  # weight and KV bytes the decode phase had to read
     decode_seconds: float  # the decode phase's steps, timed one by one
     overlap_steps: bool  # each step launched before the previous one's tokens were read
+    fused_kernels: bool  # the GPU's fused layer kernels ran (see kernels/fused_layer.py)
 
 
 def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
@@ -217,6 +218,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
     from app.bench.roofline import kv_bytes_per_token, weight_bytes
     from model_runtime.config import EngineConfig
     from model_runtime.engine import Engine
+    from model_runtime.kernels.fused_layer import fused_kernels_enabled
     from model_runtime.models.cpu_linear import weight_formats
 
     config = EngineConfig(
@@ -266,6 +268,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         read["bytes"],
         read["seconds"],
         engine.overlap_steps,
+        fused_kernels_enabled(torch.empty(0, device=engine.device)),
     )
 
 
@@ -415,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
                 "seed": args.seed,
                 "enforce_eager": args.enforce_eager,
                 "overlap_steps": measured.overlap_steps,
+                "fused_kernels": measured.fused_kernels,
                 "engine": engine_t.as_dict(),
                 "copy_bandwidth_gb_s": bandwidth / 1e9,
                 "decode_roofline_fraction": roofline,

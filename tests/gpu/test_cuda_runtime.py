@@ -117,6 +117,64 @@ def test_graph_replay_equals_eager_for_every_bucket() -> None:
     assert greedy(graphs, prompts, 16) == greedy(eager, prompts, 16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_layer_kernels_match_their_references(dtype: torch.dtype) -> None:
+    from model_runtime.kernels import fused_layer as fused
+
+    g = torch.Generator(device=CUDA).manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=CUDA).to(dtype)
+
+    ulp = 4e-7 if dtype == torch.float32 else 2**-7
+
+    def units(a: torch.Tensor, b: torch.Tensor) -> float:  # the largest difference in last places
+        return ((a.float() - b.float()).abs() / (ulp * b.float().abs().clamp(min=1))).max().item()
+
+    for n in (576, 4096, 300):
+        x, add, weight = rand(7, n), rand(7, n), rand(n)
+        x_ref = x.clone()
+        out = fused.rms_norm(x, weight, 1e-5, add)
+        assert units(out, fused.rms_norm_reference(x_ref, weight, 1e-5, add)) <= 1
+        assert units(x, x_ref) == 0  # the residual stream holds the same sum
+    for heads, kv_heads, dim in ((9, 3, 64), (32, 32, 128), (32, 8, 128)):
+        qkv = rand(5, (heads + 2 * kv_heads) * dim)
+        angles = torch.rand(5, 1, dim, generator=g, device=CUDA) * 100
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        caches = [torch.zeros(64, kv_heads, dim, dtype=dtype, device=CUDA) for _ in range(4)]
+        slots = torch.tensor([3, 17, 30, 63, 0], device=CUDA)
+        qkv_ref = qkv.clone()
+        fused.rope_and_cache(qkv, cos, sin, caches[0], caches[1], slots, heads, kv_heads)
+        fused.rope_and_cache_reference(qkv_ref, cos, sin, caches[2], caches[3], slots, heads, kv_heads)
+        assert units(qkv, qkv_ref) <= 1
+        assert units(caches[0], caches[2]) <= 1 and units(caches[1], caches[3]) == 0
+    gate_up = rand(5, 2 * 11008)
+    assert units(fused.silu_mul(gate_up), fused.silu_mul_reference(gate_up)) <= 1
+
+
+def test_the_fused_layer_is_on_and_agrees_with_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_runtime.kernels.fused_layer import fused_kernels_enabled
+
+    prompt = torch.randint(0, 257, (37,)).tolist()
+
+    def prefill_and_decode(runner: ModelRunner) -> torch.Tensor:
+        blocks = BlockManager(runner.num_blocks, runner.block_size)
+        seq = Sequence("r", list(prompt), len(prompt), SamplingParams(), max_total_tokens=512)
+        blocks.allocate(seq, len(prompt))
+        first, _ = runner.run(Batch(prefills=[ScheduledChunk(seq, 0, len(prompt))]))
+        seq.token_ids.append(int(first[0].argmax()))
+        blocks.allocate(seq, seq.num_tokens)
+        second, _ = runner.run(Batch(decodes=[ScheduledChunk(seq, seq.num_tokens - 1, 1)]))  # a graph
+        return torch.cat([first, second])
+
+    fused, _ = native_and_reference(torch.bfloat16, cuda_graphs=True)
+    assert fused_kernels_enabled(torch.zeros(1, device=CUDA))
+    fused_logits = prefill_and_decode(fused)
+    monkeypatch.setenv("ATENEA_FUSED_KERNELS", "0")
+    plain, _ = native_and_reference(torch.bfloat16, cuda_graphs=True)
+    assert (prefill_and_decode(plain) - fused_logits).abs().max().item() < BF16_LOGIT_TOL
+
+
 def test_loaded_engine_stays_finite_and_returns_every_block() -> None:
     from model_runtime import resolve_model
     from model_runtime.config import EngineConfig
