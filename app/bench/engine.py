@@ -213,6 +213,7 @@ class EngineRun:
 
 def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
     """Loads the engine, warms it up and times the workload. The engine is dropped on return."""
+    import torch
     from tqdm import tqdm
 
     from app.bench.roofline import kv_bytes_per_token, weight_bytes

@@ -186,6 +186,7 @@ def rope_and_cache(
         NUM_HEADS=num_heads,
         NUM_KV_HEADS=num_kv_heads,
         HEAD_DIM=d,
+        num_warps=max(1, d // 64),  # a head is 64-128 elements: a warp or two, not the default four
     )
 
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -235,6 +236,25 @@ def test_run_engine_batch_raises_on_a_failed_request() -> None:
     params = SamplingParams(temperature=0.0, max_tokens=2)
     with pytest.raises(RuntimeError, match="out of memory"):
         run_engine_batch(FakeEngine(admit=1, fail="out of memory"), [[5]], params)
+
+
+def test_engine_bench_runs_the_engine_and_its_baseline_and_writes_the_figures(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole `atenea bench engine` on a tiny model: what gpu_check.sh collects from each run."""
+    from app.bench.engine import main
+
+    out = tmp_path / "w.json"
+    args = ["--model", str(tiny_model_path), "--batch-size", "2", "--prompt-len", "8", "--max-tokens", "4"]
+    assert main([*args, "--baseline", "generate", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "cpu" and figures["output_tokens"] == 8
+    assert figures["engine"]["completion_tokens"] == 8 and figures["engine"]["tok_s"] > 0
+    assert figures["baselines"]["generate"]["completion_tokens"] == 8
+    assert figures["engine_over_baseline"]["generate"] > 0
+    # The CPU steps one at a time and has no fused GPU kernels.
+    assert figures["overlap_steps"] is False and figures["fused_kernels"] is False
+    assert "engine / generate = " in capsys.readouterr().out
 
 
 def test_left_pad_builds_a_left_padded_batch() -> None:
