@@ -6,9 +6,10 @@
 # name), logs.txt (every step's output) and gpu-tests.xml.
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
-# CHECK_WORKLOADS picks among "w1 w2 w3 unfused sync thread" (unfused: W1 without the fused layer
-# kernels; sync: W1 and W2 without overlapped steps; thread: W3 with the engine on a thread of the
-# server instead of its own process).
+# CHECK_WORKLOADS picks among "w1 w2 w3 prefix unfused sync thread" (prefix: TTFT with a cached
+# 1,000-token prefix against the same request cold; unfused: W1, and SmolLM2's W2, without the
+# fused layer kernels; sync: W1 and W2 without overlapped steps; thread: W3 with the engine on a
+# thread of the server instead of its own process).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -17,7 +18,7 @@ SHAPES=${CHECK_SHAPES:-llama2-7b smollm2-135m}
 W3_SHAPES=${W3_SHAPES:-$SHAPES}
 W3_THREAD_SHAPES=${W3_THREAD_SHAPES:-smollm2-135m}  # the small model streams the most tokens a second
 W2_REQUESTS=${W2_REQUESTS:-128}
-WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 unfused sync thread}
+WORKLOADS=${CHECK_WORKLOADS:-w1 w2 w3 prefix unfused sync thread}
 W3_STREAMS=${W3_STREAMS:-64} W3_REQUESTS=${W3_REQUESTS:-64} W3_TOKENS=${W3_TOKENS:-256}
 # Client processes for W3: one asyncio client tops out at a few thousand streamed tok/s.
 W3_CLIENTS=${W3_CLIENTS:-4}
@@ -110,6 +111,12 @@ if [[ $WORKLOADS == *w3* ]] && server_imports; then
   done
 fi
 
+# The prefix cache: TTFT of a request whose 1,000-token prefix is cached, against the same cold.
+if [[ $WORKLOADS == *prefix* ]]; then
+  for shape in $SHAPES; do
+    step "prefix-$shape" 90 $PY -m app.bench.prefix --model "random:$shape" --json "$WORK/prefix-$shape.json"
+  done
+fi
 # What the fused layer kernels are worth: W1 (and SmolLM2's W2, launch-bound too) with the plain
 # torch operations in every layer.
 if [[ $WORKLOADS == *unfused* ]]; then

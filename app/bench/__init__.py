@@ -1,7 +1,8 @@
 """`atenea bench ...`: benchmark tools that print ratios against a baseline, with the device named.
 
 `serve` loads a running OpenAI-compatible server over HTTP; `engine` runs the engine in-process
-against `transformers.generate()` on the same model. This module holds what both share: the CLI
+against `transformers.generate()` on the same model; `prefix` times the first token of a request
+whose long prefix is cached against the same request cold. This module holds what both share: the CLI
 registration and a few statistics helpers.
 """
 
@@ -50,17 +51,18 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `bench serve`, `bench engine` and `bench images` to the `atenea` command.
+    """Adds `bench serve`, `bench engine`, `bench prefix` and `bench images` to the `atenea` command.
 
     Each leaf parser sets `func`, a callable taking the parsed namespace and returning an exit code.
     """
     # Imported here: the submodules import this module's helpers.
-    from app.bench import engine, images, serve
+    from app.bench import engine, images, prefix, serve
 
     bench = subparsers.add_parser("bench", help="benchmark a running server or the engine")
-    tools = bench.add_subparsers(dest="bench_command", metavar="{serve,engine,images}", required=True)
+    tools = bench.add_subparsers(dest="bench_command", metavar="{serve,engine,prefix,images}", required=True)
     serve.register(tools)
     engine.register(tools)
+    prefix.register(tools)
     images.register(tools)
 
 

@@ -257,6 +257,22 @@ def test_engine_bench_runs_the_engine_and_its_baseline_and_writes_the_figures(
     assert "engine / generate = " in capsys.readouterr().out
 
 
+def test_prefix_bench_times_each_prefix_cold_then_served_by_the_cache(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from app.bench.prefix import main
+
+    out = tmp_path / "prefix.json"
+    args = ["--model", str(tiny_model_path), "--prefix-len", "70", "--question-len", "8", "--rounds", "2"]
+    assert main([*args, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert len(figures["cold_ttft_ms"]) == len(figures["cached_ttft_ms"]) == 2
+    # The second request of a round found the prefix's 4 full blocks of 16 tokens, and no more: the
+    # rest of the prefix and the new question were computed.
+    assert figures["cache_hit_tokens"] == [64, 64]
+    assert figures["cold_over_cached"] == figures["cold_ttft_median_ms"] / figures["cached_ttft_median_ms"]
+
+
 def test_left_pad_builds_a_left_padded_batch() -> None:
     from app.bench.engine import left_pad
 

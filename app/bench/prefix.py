@@ -1,0 +1,136 @@
+"""`atenea bench prefix`: time to first token of a request whose long prefix is cached, against the
+same request cold.
+
+Each round takes a fresh random prefix (1,000 tokens by default: a long system prompt, or the
+earlier turns of a chat) and sends it twice, each time with a different random question after it:
+the first request computes everything, the second finds the prefix's full KV blocks in the prefix
+cache and computes only the rest. Both ask for one token, so the time from submitting the request
+to its end is its time to first token. The engine runs in-process, as in `bench engine`; every
+round's prefix is new, so no cold request is served from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app.bench import fmt, write_json
+from app.bench.engine import DEFAULT_MODEL, device_name, prompts_of_lengths, run_engine_batch
+from model_runtime.api import SamplingParams
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Loads the engine, warms it up and times the rounds; returns the figures."""
+    from model_runtime import resolve_model
+    from model_runtime.config import EngineConfig
+    from model_runtime.engine import Engine
+
+    resolved = resolve_model(args.model)
+    total = args.prefix_len + args.question_len
+    engine = Engine(
+        EngineConfig(
+            model_path=resolved.path,
+            served_model_name=resolved.served_name,
+            device=args.device,
+            dtype=args.dtype,
+            max_model_len=total + 16,
+            # Every timed step is a prefill step; graphs serve only decode-only steps.
+            enforce_eager=True,
+        )
+    )
+    eos = engine.tokenizer.eos_token_ids
+    one_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    seed = args.seed * 1000  # each round's prompts come from seeds of their own
+    print("prefix: warming up", file=sys.stderr)
+    for warm in prompts_of_lengths([total, args.question_len], engine.vocab_size, seed - 1, eos):
+        run_engine_batch(engine, [warm], one_token, prefix="warm")
+    cold: list[float] = []
+    cached: list[float] = []
+    hits: list[int] = []
+    for i in range(args.rounds):
+        prefix, first, second = prompts_of_lengths(
+            [args.prefix_len, args.question_len, args.question_len], engine.vocab_size, seed + i, eos
+        )
+        cold.append(run_engine_batch(engine, [prefix + first], one_token, prefix=f"cold{i}").seconds)
+        hit_before = engine.stats().prefix_cache_hit_tokens
+        cached.append(run_engine_batch(engine, [prefix + second], one_token, prefix=f"cached{i}").seconds)
+        hits.append(engine.stats().prefix_cache_hit_tokens - hit_before)
+    cold_ms, cached_ms = 1000 * statistics.median(cold), 1000 * statistics.median(cached)
+    return {
+        "device": engine.device.type,
+        "device_name": device_name(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "model": resolved.served_name,
+        "prefix_tokens": args.prefix_len,
+        "question_tokens": args.question_len,
+        "rounds": args.rounds,
+        "cold_ttft_ms": [1000 * s for s in cold],
+        "cached_ttft_ms": [1000 * s for s in cached],
+        "cold_ttft_median_ms": cold_ms,
+        "cached_ttft_median_ms": cached_ms,
+        "cold_over_cached": cold_ms / cached_ms if cached_ms > 0 else None,
+        "cache_hit_tokens": hits,  # per cached request: prompt tokens the cache served
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if min(args.prefix_len, args.question_len, args.rounds) < 1:
+        raise SystemExit("--prefix-len, --question-len and --rounds must be >= 1")
+    torch.set_num_threads(os.cpu_count() or 1)
+    figures = measure(args)
+    print(f"device:   {figures['device']}, {figures['device_name']}, {figures['dtype']}")
+    print(f"model:    {figures['model']}")
+    print(
+        f"work:     {figures['rounds']} rounds of a {figures['prefix_tokens']}-token prefix and a "
+        f"{figures['question_tokens']}-token question, one token each"
+    )
+    print(f"cold:     TTFT median {fmt(figures['cold_ttft_median_ms'], 1)} ms")
+    hits = figures["cache_hit_tokens"]
+    print(
+        f"cached:   TTFT median {fmt(figures['cached_ttft_median_ms'], 1)} ms "
+        f"({min(hits)}-{max(hits)} prompt tokens from the cache)"
+    )
+    print(f"cold / cached = {fmt(figures['cold_over_cached'])}x")
+    if args.json:
+        write_json(args.json, figures)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="built-in name, HF folder, .gguf or random:NAME"
+    )
+    parser.add_argument("--prefix-len", type=int, default=1000, help="tokens of the shared prefix")
+    parser.add_argument("--question-len", type=int, default=32, help="tokens after the prefix")
+    parser.add_argument("--rounds", type=int, default=5, help="prefixes timed, cold then cached")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weight format, as `atenea serve --dtype`",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="for the random prompts")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prefix", help="TTFT with a long prefix cached vs the same request cold")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atenea bench prefix")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
