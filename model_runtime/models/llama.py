@@ -217,7 +217,10 @@ class LlamaModel(nn.Module):
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, D]
-        return (emb.cos() * self.rope_scaling).to(dtype), (emb.sin() * self.rope_scaling).to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.rope_scaling != 1.0:  # most rope types: two launches a step saved where it is 1
+            cos, sin = cos * self.rope_scaling, sin * self.rope_scaling
+        return cos.to(dtype), sin.to(dtype)
 
     def forward(
         self,
