@@ -256,10 +256,10 @@ def _kernels() -> dict[str, Any]:
         dtype = qkv_ptr.dtype.element_ty
         x = tl.load(ptrs)
         slot = tl.load(slots_ptr + t).to(tl.int64)
-        half: tl.constexpr = HEAD_DIM // 2
+        first_half = dims < HEAD_DIM // 2
         if head < NUM_HEADS + NUM_KV_HEADS:  # a query or key head: rotate in place
-            partner = tl.load(ptrs + tl.where(dims < half, half, -half)).to(tl.float32)
-            rotated = tl.where(dims < half, -partner, partner).to(dtype).to(tl.float32)
+            partner = tl.load(ptrs + tl.where(first_half, HEAD_DIM // 2, -(HEAD_DIM // 2))).to(tl.float32)
+            rotated = tl.where(first_half, -partner, partner).to(dtype).to(tl.float32)
             cos = tl.load(cos_ptr + t * stride_cos + dims).to(tl.float32)
             sin = tl.load(sin_ptr + t * stride_cos + dims).to(tl.float32)
             # x * cos + rotated * sin, each product rounded to the model's dtype as torch does.

@@ -152,3 +152,4 @@ print(fused_layer.verify(torch.device("cpu")))
 
 def test_the_first_use_check_turns_a_wrong_or_failing_kernel_off() -> None:
     assert interpreted(SELF_CHECK) == ["True", "False", "False"]
+
