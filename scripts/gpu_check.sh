@@ -3,7 +3,8 @@
 # decode) and W2 (offline throughput) against transformers' generate / generate_batch, then W3
 # (HTTP, 64 concurrent streams) beside the engine at the same concurrency, on random-weight models
 # of real shapes. $OUT (default gpu-results/) gets three files: results.json (every run's JSON by
-# name), logs.txt (every step's output) and gpu-tests.xml.
+# name), logs.txt (every step's output) and gpu-tests.xml. The W1 and W2 runs also profile 32 decode
+# steps (kernels a step, device busy time, the costliest kernels: `bench engine --profile`).
 # Works with no network once scripts/gpu_prepare.sh has filled .gpu/; uses the python3 that holds
 # CUDA PyTorch. On a CPU it is a dry run: CHECK_SHAPES=smollm2-135m W2_REQUESTS=8 keeps it short,
 # CHECK_WORKLOADS picks among "w1 w2 w3 prefix unfused sync thread" (prefix: TTFT with a cached
@@ -77,8 +78,8 @@ $PY -c "import torch, transformers; print(torch.__version__, transformers.__vers
   step gpu-tests 150 $PY -m pytest -m gpu tests/gpu -q -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
 # The 7B shape first: its figures are the ones the targets name.
 for shape in $SHAPES; do
-  [[ $WORKLOADS == *w1* ]] && bench "w1-$shape" 120 --model "random:$shape" --workload w1
-  [[ $WORKLOADS == *w2* ]] && bench "w2-$shape" 150 --model "random:$shape" --workload w2 \
+  [[ $WORKLOADS == *w1* ]] && bench "w1-$shape" 120 --model "random:$shape" --workload w1 --profile 32
+  [[ $WORKLOADS == *w2* ]] && bench "w2-$shape" 150 --model "random:$shape" --workload w2 --profile 32 \
     --requests "$W2_REQUESTS"
 done
 
@@ -125,10 +126,11 @@ fi
 # torch operations in every layer.
 if [[ $WORKLOADS == *unfused* ]]; then
   for shape in $SHAPES; do
-    ATENEA_FUSED_KERNELS=0 bench "w1-$shape-unfused" 90 --model "random:$shape" --workload w1 --baseline none
+    ATENEA_FUSED_KERNELS=0 bench "w1-$shape-unfused" 90 --model "random:$shape" --workload w1 --baseline none \
+      --profile 32
   done
   [[ $SHAPES == *smollm2-135m* ]] && ATENEA_FUSED_KERNELS=0 bench "w2-smollm2-135m-unfused" 120 \
-    --model "random:smollm2-135m" --workload w2 --requests "$W2_REQUESTS" --baseline none
+    --model "random:smollm2-135m" --workload w2 --requests "$W2_REQUESTS" --baseline none --profile 32
 fi
 # Last, what overlapped steps are worth: W1 and W2 again with each step waiting for the last.
 if [[ $WORKLOADS == *sync* ]]; then

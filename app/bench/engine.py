@@ -209,6 +209,7 @@ class EngineRun:
     decode_seconds: float  # the decode phase's steps, timed one by one
     overlap_steps: bool  # each step launched before the previous one's tokens were read
     fused_kernels: bool  # the GPU's fused layer kernels ran (see kernels/fused_layer.py)
+    profile: dict[str, Any] | None  # `--profile`: a profile of decode steps (see step_profile.py)
 
 
 def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
@@ -258,6 +259,12 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
     with tqdm(total=sum(work.output_lens), desc="engine", unit="tok", file=sys.stderr) as bar:
         timing = run_engine_batch(engine, prompts, params, on_step=bar.update, on_decode_step=on_decode_step)
     pad_id = min(eos) if eos else 0
+    profile = None
+    if args.profile:
+        from app.bench.step_profile import profile_decode_steps
+
+        print(f"engine: profiling {args.profile} decode steps", file=sys.stderr)
+        profile = profile_decode_steps(engine, prompts, args.profile, work.temperature)
     return EngineRun(
         timing,
         prompts,
@@ -270,6 +277,7 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         read["seconds"],
         engine.overlap_steps,
         fused_kernels_enabled(torch.empty(0, device=engine.device)),
+        profile,
     )
 
 
@@ -395,6 +403,10 @@ def run(args: argparse.Namespace) -> int:
         f"roofline: {fmt(roofline and 100 * roofline, 1)}% of the decode roofline "
         f"(copy bandwidth {bandwidth / 1e9:.0f} GB/s)"
     )
+    if measured.profile is not None:
+        from app.bench.step_profile import describe
+
+        print("\n".join(describe(measured.profile)))
     ratios: dict[str, float | None] = {}
     for name, timing in results.items():
         print(_timing_line(f"{name}:", timing))
@@ -420,6 +432,7 @@ def run(args: argparse.Namespace) -> int:
                 "enforce_eager": args.enforce_eager,
                 "overlap_steps": measured.overlap_steps,
                 "fused_kernels": measured.fused_kernels,
+                "profile": measured.profile,
                 "engine": engine_t.as_dict(),
                 "copy_bandwidth_gb_s": bandwidth / 1e9,
                 "decode_roofline_fraction": roofline,
@@ -469,6 +482,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="engine: launch each step before reading the previous one's tokens (default: on CUDA)",
     )
     parser.add_argument("--seed", type=int, default=0, help="for the random prompts and lengths")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the timed run, profile this many decode steps at the workload's batch: kernels, "
+        "device time and eager torch ops a step",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 
 

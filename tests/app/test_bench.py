@@ -246,7 +246,7 @@ def test_engine_bench_runs_the_engine_and_its_baseline_and_writes_the_figures(
 
     out = tmp_path / "w.json"
     args = ["--model", str(tiny_model_path), "--batch-size", "2", "--prompt-len", "8", "--max-tokens", "4"]
-    assert main([*args, "--baseline", "generate", "--json", str(out)]) == 0
+    assert main([*args, "--baseline", "generate", "--profile", "3", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu" and figures["output_tokens"] == 8
     assert figures["engine"]["completion_tokens"] == 8 and figures["engine"]["tok_s"] > 0
@@ -254,7 +254,14 @@ def test_engine_bench_runs_the_engine_and_its_baseline_and_writes_the_figures(
     assert figures["engine_over_baseline"]["generate"] > 0
     # The CPU steps one at a time and has no fused GPU kernels.
     assert figures["overlap_steps"] is False and figures["fused_kernels"] is False
-    assert "engine / generate = " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "engine / generate = " in printed
+    # The profile of three decode steps of both prompts: torch operations on the CPU, no device.
+    profile = figures["profile"]
+    assert profile["steps"] == 3 and profile["batch"] == 2 and profile["step_ms"] > 0
+    assert profile["eager_torch_ops_per_step"] > 0
+    assert profile["kernels_per_step"] == 0 and profile["top_kernels"] == []
+    assert "profile:  3 decode steps at batch 2" in printed
 
 
 def test_prefix_bench_times_each_prefix_cold_then_served_by_the_cache(
