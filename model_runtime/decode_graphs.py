@@ -159,28 +159,25 @@ class HostInputs:
         self.ints = torch.zeros(batch + batch * width, dtype=torch.int32, pin_memory=pin)
         self.lens = self.ints[:batch]
         self.tables = self.ints[batch:].view(batch, width)
-        # What each table row holds, so a step rewrites only the entries that changed: a
-        # sequence's table grows by one block every `block_size` tokens.
-        self.row_tables: list[list[int]] = [[] for _ in range(batch)]
+        # The table each row was written from, and how much of it: a step writes only what a
+        # sequence's table gained since (it grows by a block every `block_size` tokens). A table
+        # list is only ever appended to; freed blocks leave the sequence a new list (kv_cache.py),
+        # so a row whose table is another object is rewritten whole.
+        self.row_tables: list[Sequence[int] | None] = [None] * batch
+        self.row_lengths = [0] * batch
 
     def write_tables(
         self, block_tables: Sequence[Sequence[int]], scratch_rows: int, scratch_block: int
     ) -> None:
         """Table rows: the sequences' tables, then `scratch_rows` rows that read `scratch_block`.
         Entries a row already holds are not written again."""
-        rows = self.row_tables
+        rows, lengths = self.row_tables, self.row_lengths
         for i, table in enumerate(block_tables):
-            known = rows[i]
-            if len(known) <= len(table) and table[: len(known)] == known:
-                if len(table) > len(known):
-                    self.tables[i, len(known) : len(table)] = torch.tensor(
-                        table[len(known) :], dtype=torch.int32
-                    )
-                    known.extend(table[len(known) :])
-            else:
-                self.tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
-                rows[i] = list(table)
+            start = lengths[i] if rows[i] is table else 0
+            if len(table) > start:
+                self.tables[i, start : len(table)] = torch.tensor(table[start:], dtype=torch.int32)
+            rows[i], lengths[i] = table, len(table)
         n = len(block_tables)
         if scratch_rows:
             self.tables[n : n + scratch_rows, 0] = scratch_block
-            rows[n : n + scratch_rows] = [[scratch_block] for _ in range(scratch_rows)]
+            rows[n : n + scratch_rows] = [None] * scratch_rows

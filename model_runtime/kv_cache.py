@@ -67,7 +67,7 @@ class BlockManager:
             self._ref_counts[block] -= 1
             if self._ref_counts[block] == 0:
                 self._free[block] = None
-        seq.block_table.clear()
+        seq.block_table = []  # a new list, never the old one emptied: see decode_graphs.HostInputs
         seq.num_computed_tokens = 0
         seq.block_hashes.clear()
 

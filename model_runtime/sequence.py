@@ -27,6 +27,7 @@ class Sequence:
     generator: torch.Generator | None = None  # only for requests that carry a seed
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V sit in the cache
+    # Only ever appended to; freeing the blocks gives the sequence a new, empty list.
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # prefix hashes of the full computed blocks
     finish_reason: FinishReason | None = None

@@ -180,3 +180,9 @@ def test_static_buffers_follow_tables_that_grow_change_and_shrink_between_steps(
     step([c, a, d])
     step([d])  # the batch shrinks: the padded bucket's rows are not the sequences' rows any more
     step([a, d, c])  # and grows again over rows that were padding
+    step([a, d, c])  # both host twins have a's table in row 0
+    blocks.free(a)  # as a preemption does: a is computed again, into other blocks
+    blocks.allocate(a, a.num_tokens)
+    runner.run(Batch(prefills=[ScheduledChunk(a, 0, a.num_tokens)]))
+    step([a, d, c])  # a's row in each twin: a table as long as the one it held, of other blocks
+    step([a, d, c])
