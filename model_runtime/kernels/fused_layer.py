@@ -29,21 +29,24 @@ from model_runtime.kernels.paged_decode import triton_available
 
 log = logging.getLogger(__name__)
 
-# Per device index: whether the kernels compiled there and matched their references.
-_VERIFIED: dict[int, bool] = {}
+# Per CUDA device index: whether its layers run the kernels, decided on first use. Asked about
+# four times a layer by an eager step, so the answer is one dictionary lookup after that.
+_ENABLED: dict[int, bool] = {}
 
 
 def fused_kernels_enabled(x: torch.Tensor) -> bool:
     """Whether `x`'s layer runs these kernels: on a GPU with Triton where they pass a check on
     first use, unless ATENEA_FUSED_KERNELS=0 (which measures what they are worth)."""
-    if not x.is_cuda or os.environ.get("ATENEA_FUSED_KERNELS", "1") == "0" or not triton_available():
+    if not x.is_cuda:
         return False
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if index not in _VERIFIED:
+    index = x.get_device()
+    enabled = _ENABLED.get(index)
+    if enabled is None:
         if torch.cuda.is_current_stream_capturing():
             return False  # a check cannot sync inside a capture; the engine never starts there
-        _VERIFIED[index] = verify(x.device)
-    return _VERIFIED[index]
+        wanted = os.environ.get("ATENEA_FUSED_KERNELS", "1") != "0" and triton_available()
+        enabled = _ENABLED[index] = wanted and verify(x.device)
+    return enabled
 
 
 def verify(device: torch.device) -> bool:

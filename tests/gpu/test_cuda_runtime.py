@@ -153,6 +153,7 @@ def test_fused_layer_kernels_match_their_references(dtype: torch.dtype) -> None:
 
 
 def test_the_fused_layer_is_on_and_agrees_with_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_runtime.kernels import fused_layer
     from model_runtime.kernels.fused_layer import fused_kernels_enabled
 
     prompt = torch.randint(0, 257, (37,)).tolist()
@@ -171,7 +172,9 @@ def test_the_fused_layer_is_on_and_agrees_with_the_plain_one(monkeypatch: pytest
     assert fused_kernels_enabled(torch.zeros(1, device=CUDA))
     fused_logits = prefill_and_decode(fused)
     monkeypatch.setenv("ATENEA_FUSED_KERNELS", "0")
+    monkeypatch.setattr(fused_layer, "_ENABLED", {})  # decided again, from the variable
     plain, _ = native_and_reference(torch.bfloat16, cuda_graphs=True)
+    assert not fused_kernels_enabled(torch.zeros(1, device=CUDA))
     assert (prefill_and_decode(plain) - fused_logits).abs().max().item() < BF16_LOGIT_TOL
 
 
