@@ -191,6 +191,9 @@ def rope_and_cache(
         NUM_KV_HEADS=num_kv_heads,
         HEAD_DIM=d,
         num_warps=max(1, d // 64),  # a head is 64-128 elements: a warp or two, not the default four
+        # x * cos + rotated * sin as torch computes it, two products and a sum each rounded: in
+        # fp32 a fused multiply-add would round once and differ from the plain layer.
+        enable_fp_fusion=False,
     )
 
 
