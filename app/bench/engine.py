@@ -444,10 +444,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the in-process benchmarks (`engine`, `prefix`) load, and where."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="built-in name, HF folder, .gguf or random:NAME"
     )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weight format, as `atenea serve --dtype`",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument(
         "--workload",
         choices=("custom", "w1", "w2"),
@@ -465,13 +477,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="transformers baseline timed on the same work: generate() (static batch), generate_batch() "
         "(continuous batching), none; default: generate for custom and w1, generate_batch for w2",
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="weight format, as `atenea serve --dtype`",
     )
     parser.add_argument("--max-num-seqs", type=int, default=None, help="engine: sequences at once")
     parser.add_argument("--enforce-eager", action="store_true", help="engine on CUDA: no CUDA graphs")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.bench import fmt, write_json
-from app.bench.engine import DEFAULT_MODEL, device_name, prompts_of_lengths, run_engine_batch
+from app.bench.engine import add_model_arguments, device_name, prompts_of_lengths, run_engine_batch
 from model_runtime.api import SamplingParams
 
 
@@ -103,19 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="built-in name, HF folder, .gguf or random:NAME"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--prefix-len", type=int, default=1000, help="tokens of the shared prefix")
     parser.add_argument("--question-len", type=int, default=32, help="tokens after the prefix")
     parser.add_argument("--rounds", type=int, default=5, help="prefixes timed, cold then cached")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="weight format, as `atenea serve --dtype`",
-    )
     parser.add_argument("--seed", type=int, default=0, help="for the random prompts")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 

@@ -129,7 +129,6 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x)
-        kernels = cpu_kernels(qkv)
         if fused_kernels_enabled(qkv) and not self.head_dim & (self.head_dim - 1):
             # One launch rotates the queries and keys and writes the cache, instead of seven.
             fused_layer.rope_and_cache(
@@ -138,6 +137,7 @@ class Attention(nn.Module):
             q, k, v = qkv.view(t, -1, self.head_dim).split(self.heads, dim=1)
             out = paged_attention(q, k, v, cache, meta, self.scale, cached=True)
             return self.o_proj(out.reshape(t, self.q_size))
+        kernels = cpu_kernels(qkv)
         if kernels is not None and qkv.is_contiguous() and cos.is_contiguous():
             # One pass over the rows, in place, instead of torch's five elementwise ops.
             kernels.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads)
