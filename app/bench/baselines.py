@@ -32,12 +32,7 @@ def load_reference(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def bench_generate_batch(
-    path: Path,
-    prompts: Sequence[Sequence[int]],
-    output_lens: Sequence[int],
-    temperature: float,
-    device: torch.device,
-    dtype: torch.dtype,
+    model: Any, prompts: Sequence[Sequence[int]], output_lens: Sequence[int], temperature: float
 ) -> RunTiming:
     """Every request submitted at once to transformers' continuous-batching manager, each with its
     own output length, EOS disabled; timed from the first submission to the last result."""
@@ -45,7 +40,6 @@ def bench_generate_batch(
 
     from app.bench.engine import RunTiming
 
-    model = load_reference(path, device, dtype)
     config = GenerationConfig(
         max_new_tokens=max(output_lens),
         do_sample=temperature > 0,

@@ -4,8 +4,11 @@ Both sides get the same random prompts, generate exactly the same number of toke
 (EOS ignored) and are timed in the same process on the same device and dtype, so the ratio is fair.
 Baselines: `generate()` on a static batch, and `generate_batch()`, transformers' own continuous
 batching. Workloads: `custom` (B prompts of P tokens, T new tokens each, greedy), `w1` (batch-1
-decode: 128 -> 256, greedy) and `w2` (offline throughput: 128 requests, prompt and output lengths
-uniform in [64, 512], temperature 0.8). Each run also reports the fraction of the decode roofline
+decode: 128 -> 256, greedy), `w2` (offline throughput: 128 requests, prompt and output lengths
+uniform in [64, 512], temperature 0.8), `w3` (the engine side of the HTTP workload: 64 streams of
+32 -> 256 tokens, greedy, no baseline) and `prefix` (`atenea bench prefix` on the same engine).
+Several workloads in one run share one engine and one baseline model: loading a 7B model twice
+costs more than some of its workloads. Each run also reports the fraction of the decode roofline
 reached: the bytes a step must read (weights once, plus every running sequence's KV) over the
 measured copy bandwidth of the device.
 Torch is imported lazily: `atenea bench serve` must not pay for it.
@@ -14,6 +17,7 @@ Torch is imported lazily: `atenea bench serve` must not pay for it.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -30,6 +34,8 @@ from model_runtime.api import RequestOutput, SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+    from model_runtime.engine import Engine
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 Clock = Callable[[], float]
@@ -181,67 +187,114 @@ class Workload:
     output_lens: list[int]
     temperature: float
     baselines: tuple[str, ...]  # the baselines it runs unless --baseline says otherwise
+    seed: int  # of its prompts' tokens: workloads sharing an engine must not share cached prefixes
 
 
-def make_workload(args: argparse.Namespace) -> Workload:
-    if args.workload == "w1":
-        return Workload("w1", [128], [256], 0.0, ("generate",))
-    if args.workload == "w2":
+def make_workload(name: str, args: argparse.Namespace, index: int = 0) -> Workload:
+    """The named workload; `index` is its place in the run, which keeps its prompts its own."""
+    seed = args.seed + 1000 * index  # the warm-up uses args.seed + 1; prefix rounds their own seeds
+    if name == "w1":
+        return Workload("w1", [128], [256], 0.0, ("generate",), seed)
+    if name == "w2":
         rng = random.Random(args.seed)
         n = args.requests
         prompt_lens = [rng.randint(64, 512) for _ in range(n)]
         output_lens = [rng.randint(64, 512) for _ in range(n)]
-        return Workload("w2", prompt_lens, output_lens, 0.8, ("generate_batch",))
+        return Workload("w2", prompt_lens, output_lens, 0.8, ("generate_batch",), seed)
+    if name == "w3":
+        # W3's streams as the engine alone sees them, to set beside `atenea bench serve -c 64`.
+        return Workload("w3", [32] * 64, [256] * 64, 0.0, (), seed)
     b = args.batch_size
-    return Workload("custom", [args.prompt_len] * b, [args.max_tokens] * b, 0.0, ("generate",))
+    return Workload("custom", [args.prompt_len] * b, [args.max_tokens] * b, 0.0, ("generate",), seed)
 
 
 @dataclass(frozen=True)
 class EngineRun:
+    work: Workload
     timing: RunTiming
     prompts: list[list[int]]  # the timed prompts, for the baselines to reuse
+    decode_bytes: float  # weight and KV bytes the decode phase had to read
+    decode_seconds: float  # the decode phase's steps, timed one by one
+    cache_hit_tokens: int  # prompt tokens the prefix cache served in the timed run (0 is fair)
+    profile: dict[str, Any] | None  # `--profile`: a profile of decode steps (see step_profile.py)
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the benchmark reports about the engine itself, the same for each of its workloads."""
+
     device: torch.device  # as the engine resolved "auto"
     dtype: torch.dtype
     pad_id: int
     half_weights: bool  # the engine's CPU linears keep fp16 weights (the baseline has fp32 ones)
     weights: str  # the formats of the engine's CPU linears ("Q4_1+Q8_0"), "" elsewhere
-    decode_bytes: float  # weight and KV bytes the decode phase had to read
-    decode_seconds: float  # the decode phase's steps, timed one by one
     overlap_steps: bool  # each step launched before the previous one's tokens were read
     fused_kernels: bool  # the GPU's fused layer kernels ran (see kernels/fused_layer.py)
-    profile: dict[str, Any] | None  # `--profile`: a profile of decode steps (see step_profile.py)
 
 
-def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_name: str) -> EngineRun:
-    """Loads the engine, warms it up and times the workload. The engine is dropped on return."""
-    import torch
-    from tqdm import tqdm
-
-    from app.bench.roofline import kv_bytes_per_token, weight_bytes
+def load_engine(
+    args: argparse.Namespace, works: Sequence[Workload], path: Path, served_name: str, min_len: int = 0
+) -> tuple[Engine, float]:
+    """The engine sized for every workload (and sequences of `min_len` tokens), warmed up, and the
+    device's copy bandwidth, measured before the engine takes its memory."""
+    from app.bench.roofline import copy_bandwidth
     from model_runtime.config import EngineConfig
-    from model_runtime.engine import Engine
-    from model_runtime.kernels.fused_layer import fused_kernels_enabled
-    from model_runtime.models.cpu_linear import weight_formats
+    from model_runtime.engine import Engine, resolve_device
 
+    most = max((len(w.prompt_lens) for w in works), default=1)
+    lengths = (p + o for w in works for p, o in zip(w.prompt_lens, w.output_lens, strict=True))
+    longest = max(lengths, default=0)
     config = EngineConfig(
         model_path=path,
         served_model_name=served_name,
         device=args.device,
         dtype=args.dtype,
-        max_num_seqs=max(len(work.prompt_lens), 64) if args.max_num_seqs is None else args.max_num_seqs,
-        max_model_len=max(p + o for p, o in zip(work.prompt_lens, work.output_lens, strict=True)) + 16,
+        max_num_seqs=max(most, 64) if args.max_num_seqs is None else args.max_num_seqs,
+        max_model_len=max(longest, min_len) + 16,
         enforce_eager=args.enforce_eager,
         overlap_steps=args.overlap_steps,
     )
+    bandwidth = copy_bandwidth(resolve_device(config))
     engine = Engine(config)
     eos = engine.tokenizer.eos_token_ids
-    prompts = prompts_of_lengths(work.prompt_lens, engine.vocab_size, args.seed, eos)
+    widest = max(works, key=lambda w: len(w.prompt_lens), default=None)
+    warm_lens = widest.prompt_lens[:64] if widest is not None else [min(min_len, 512) or 32]
     # Warm-up prompts come from another seed so the prefix cache cannot serve the timed prefill.
-    warm = prompts_of_lengths(work.prompt_lens[:64], engine.vocab_size, args.seed + 1, eos)
+    warm = prompts_of_lengths(warm_lens, engine.vocab_size, args.seed + 1, eos)
     print("engine: warming up", file=sys.stderr)
     run_engine_batch(
         engine, warm, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True), prefix="warm"
     )
+    return engine, bandwidth
+
+
+def engine_facts(engine: Engine) -> EngineFacts:
+    import torch
+
+    from model_runtime.kernels.fused_layer import fused_kernels_enabled
+    from model_runtime.models.cpu_linear import weight_formats
+
+    eos = engine.tokenizer.eos_token_ids
+    return EngineFacts(
+        engine.device,
+        engine.dtype,
+        min(eos) if eos else 0,
+        engine.half_weights,
+        "+".join(weight_formats(engine.model)),
+        engine.overlap_steps,
+        fused_kernels_enabled(torch.empty(0, device=engine.device)),
+    )
+
+
+def time_workload(engine: Engine, args: argparse.Namespace, work: Workload) -> EngineRun:
+    """Times the workload on the engine, then profiles it if `--profile` asks."""
+    import torch
+    from tqdm import tqdm
+
+    from app.bench.roofline import kv_bytes_per_token, weight_bytes
+
+    eos = engine.tokenizer.eos_token_ids
+    prompts = prompts_of_lengths(work.prompt_lens, engine.vocab_size, work.seed, eos)
     params = [
         SamplingParams(temperature=work.temperature, max_tokens=n, ignore_eos=True) for n in work.output_lens
     ]
@@ -256,29 +309,21 @@ def bench_engine(args: argparse.Namespace, work: Workload, path: Path, served_na
         read["bytes"] += step_weights + per_token * context
         read["seconds"] += seconds
 
-    with tqdm(total=sum(work.output_lens), desc="engine", unit="tok", file=sys.stderr) as bar:
-        timing = run_engine_batch(engine, prompts, params, on_step=bar.update, on_decode_step=on_decode_step)
-    pad_id = min(eos) if eos else 0
+    hits_before = engine.stats().prefix_cache_hit_tokens
+    with tqdm(total=sum(work.output_lens), desc=f"engine {work.name}", unit="tok", file=sys.stderr) as bar:
+        timing = run_engine_batch(
+            engine, prompts, params, on_step=bar.update, on_decode_step=on_decode_step, prefix=work.name
+        )
+    hits = engine.stats().prefix_cache_hit_tokens - hits_before
     profile = None
     if args.profile:
         from app.bench.step_profile import profile_decode_steps
 
-        print(f"engine: profiling {args.profile} decode steps", file=sys.stderr)
+        print(f"engine: profiling {args.profile} decode steps of {work.name}", file=sys.stderr)
         profile = profile_decode_steps(engine, prompts, args.profile, work.temperature)
-    return EngineRun(
-        timing,
-        prompts,
-        engine.device,
-        engine.dtype,
-        pad_id,
-        engine.half_weights,
-        "+".join(weight_formats(engine.model)),
-        read["bytes"],
-        read["seconds"],
-        engine.overlap_steps,
-        fused_kernels_enabled(torch.empty(0, device=engine.device)),
-        profile,
-    )
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    return EngineRun(work, timing, prompts, read["bytes"], read["seconds"], hits, profile)
 
 
 def packed_linear_bytes(model: torch.nn.Module) -> int:
@@ -301,19 +346,11 @@ def torch_element_size(dtype: torch.dtype) -> int:
 
 
 def bench_generate(
-    path: Path,
-    prompts: list[list[int]],
-    max_tokens: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    pad_id: int,
+    model: Any, prompts: list[list[int]], max_tokens: int, device: torch.device, pad_id: int
 ) -> RunTiming:
     """transformers' own generate() on a static batch: the peer every user already has."""
     import torch
 
-    from app.bench.baselines import load_reference
-
-    model = load_reference(path, device, dtype)
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
 
     def generate(new_tokens: int) -> torch.Tensor:
@@ -354,45 +391,115 @@ def _timing_line(name: str, t: RunTiming) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from app.bench.baselines import bench_generate_batch
-    from app.bench.roofline import copy_bandwidth
     from model_runtime import resolve_model
 
+    names = list(dict.fromkeys(args.workload))  # each once, in the order given
     if min(args.batch_size, args.prompt_len, args.max_tokens, args.requests) < 1:
         raise SystemExit("--batch-size, --prompt-len, --max-tokens and --requests must be >= 1")
+    if min(args.prefix_len, args.question_len, args.rounds) < 1:
+        raise SystemExit("--prefix-len, --question-len and --rounds must be >= 1")
+    if args.json and len(names) > 1 and "{workload}" not in args.json:
+        raise SystemExit("with several workloads, --json needs {workload} in its path: one file each")
     torch.set_num_threads(os.cpu_count() or 1)
-    work = make_workload(args)
+    works = [make_workload(name, args, i) for i, name in enumerate(names) if name != "prefix"]
     resolved = resolve_model(args.model)
-    measured = bench_engine(args, work, resolved.path, resolved.served_name)
-    engine_t, device, dtype = measured.timing, measured.device, measured.dtype
+    prefix_len = args.prefix_len + args.question_len if "prefix" in names else 0
+    engine, bandwidth = load_engine(args, works, resolved.path, resolved.served_name, min_len=prefix_len)
+    facts = engine_facts(engine)
+    device, dtype = facts.device, facts.dtype
+    weights = f" (engine: {facts.weights} weights, fp32 arithmetic)" if facts.weights else ""
+    print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}{weights}")
+    print(f"model:    {resolved.served_name} ({resolved.path})")
+    common = {
+        "device": device.type,
+        "device_name": device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "engine_fp16_weights": facts.half_weights,
+        "threads": torch.get_num_threads(),
+        "model": resolved.served_name,
+        "model_path": str(resolved.path),
+        "seed": args.seed,
+        "enforce_eager": args.enforce_eager,
+        "overlap_steps": facts.overlap_steps,
+        "fused_kernels": facts.fused_kernels,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "torch": torch.__version__,
+    }
+
+    def save(name: str, figures: dict[str, Any]) -> None:
+        # Written as soon as they exist: a run cut short by a time limit keeps what it measured.
+        if args.json:
+            write_json(args.json.replace("{workload}", name), figures)
+
+    measured: list[tuple[EngineRun, dict[str, Any]]] = []
+    for work in works:
+        run_ = time_workload(engine, args, work)
+        report = {**common, **engine_report(run_, bandwidth)}
+        save(work.name, report)
+        measured.append((run_, report))
+    if "prefix" in names:
+        from app.bench.prefix import describe, time_prefix
+
+        seed = (args.seed + 1000 * names.index("prefix")) * 1000  # new to the engine's cache
+        prefix = time_prefix(engine, args.prefix_len, args.question_len, args.rounds, seed)
+        print("\n".join(describe(prefix)))
+        save("prefix", prefix)
     # The engine holds its KV budget (most of a GPU); it must be gone before the baselines load.
+    del engine
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    bandwidth = copy_bandwidth(device)
-    roofline = None
-    if measured.decode_seconds > 0:
-        roofline = measured.decode_bytes / bandwidth / measured.decode_seconds
-    baselines = {"default": work.baselines, "none": ()}.get(args.baseline, (args.baseline,))
+
+    from app.bench.baselines import load_reference
+
+    # One transformers model for every workload's baselines, loaded when the first needs it.
+    reference = functools.cache(lambda: load_reference(resolved.path, device, dtype))
+    for run_, report in measured:
+        results = run_baselines(args, run_, facts, reference)
+        if results:
+            print(f"work:     {run_.work.name}, against transformers")
+        ratios: dict[str, float | None] = {}
+        for name, timing in results.items():
+            print(_timing_line(f"{name}:", timing))
+            ratios[name] = ratio(run_.timing.tok_s, timing.tok_s)
+            print(f"engine / {name} = {fmt(ratios[name])}x")
+        report["baselines"] = {name: t.as_dict() for name, t in results.items()}
+        report["engine_over_baseline"] = ratios
+        save(run_.work.name, report)
+    return 0
+
+
+def run_baselines(
+    args: argparse.Namespace, measured: EngineRun, facts: EngineFacts, reference: Callable[[], Any]
+) -> dict[str, RunTiming]:
+    """The workload's transformers baselines on its own prompts; `reference()` gives the model."""
+    import torch
+
+    from app.bench.baselines import bench_generate_batch
+
+    work = measured.work
     results: dict[str, RunTiming] = {}
-    for name in baselines:
+    for name in {"default": work.baselines, "none": ()}.get(args.baseline, (args.baseline,)):
+        model = reference()
         if name == "generate":
             if len(set(work.output_lens)) != 1:
                 raise SystemExit("the generate baseline needs one output length for every request")
-            results[name] = bench_generate(
-                resolved.path, measured.prompts, work.output_lens[0], device, dtype, measured.pad_id
-            )
+            prompts, tokens = measured.prompts, work.output_lens[0]
+            results[name] = bench_generate(model, prompts, tokens, facts.device, facts.pad_id)
         else:
-            results[name] = bench_generate_batch(
-                resolved.path, measured.prompts, work.output_lens, work.temperature, device, dtype
-            )
+            results[name] = bench_generate_batch(model, measured.prompts, work.output_lens, work.temperature)
         gc.collect()
-        if device.type == "cuda":
+        if facts.device.type == "cuda":
             torch.cuda.empty_cache()
+    return results
 
-    weights = f" (engine: {measured.weights} weights, fp32 arithmetic)" if measured.weights else ""
-    print(f"device:   {device.type}, {device_name(device)}, {str(dtype).removeprefix('torch.')}{weights}")
-    print(f"model:    {resolved.served_name} ({resolved.path})")
+
+def engine_report(measured: EngineRun, bandwidth: float) -> dict[str, Any]:
+    """Prints the engine's figures on the workload and returns them for the JSON."""
+    work, engine_t = measured.work, measured.timing
+    roofline = None
+    if measured.decode_seconds > 0:
+        roofline = measured.decode_bytes / bandwidth / measured.decode_seconds
     print(
         f"work:     {work.name}: {len(work.prompt_lens)} requests, prompts {min(work.prompt_lens)}-"
         f"{max(work.prompt_lens)} tokens -> {min(work.output_lens)}-{max(work.output_lens)} tokens, "
@@ -407,41 +514,19 @@ def run(args: argparse.Namespace) -> int:
         from app.bench.step_profile import describe
 
         print("\n".join(describe(measured.profile)))
-    ratios: dict[str, float | None] = {}
-    for name, timing in results.items():
-        print(_timing_line(f"{name}:", timing))
-        ratios[name] = ratio(engine_t.tok_s, timing.tok_s)
-        print(f"engine / {name} = {fmt(ratios[name])}x")
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "workload": work.name,
-                "device": device.type,
-                "device_name": device_name(device),
-                "dtype": str(dtype).removeprefix("torch."),
-                "engine_fp16_weights": measured.half_weights,
-                "threads": torch.get_num_threads(),
-                "model": resolved.served_name,
-                "model_path": str(resolved.path),
-                "requests": len(work.prompt_lens),
-                "prompt_tokens": sum(work.prompt_lens),
-                "output_tokens": sum(work.output_lens),
-                "temperature": work.temperature,
-                "seed": args.seed,
-                "enforce_eager": args.enforce_eager,
-                "overlap_steps": measured.overlap_steps,
-                "fused_kernels": measured.fused_kernels,
-                "profile": measured.profile,
-                "engine": engine_t.as_dict(),
-                "copy_bandwidth_gb_s": bandwidth / 1e9,
-                "decode_roofline_fraction": roofline,
-                "baselines": {name: t.as_dict() for name, t in results.items()},
-                "engine_over_baseline": ratios,
-                "torch": torch.__version__,
-            },
-        )
-    return 0
+    return {
+        "workload": work.name,
+        "requests": len(work.prompt_lens),
+        "prompt_tokens": sum(work.prompt_lens),
+        "output_tokens": sum(work.output_lens),
+        "temperature": work.temperature,
+        "profile": measured.profile,
+        "engine": engine_t.as_dict(),
+        "cache_hit_tokens": measured.cache_hit_tokens,
+        "decode_roofline_fraction": roofline,
+        "baselines": {},
+        "engine_over_baseline": {},
+    }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -459,13 +544,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from app.bench.prefix import add_prefix_arguments  # prefix.py builds on this module
+
     add_model_arguments(parser)
     parser.add_argument(
         "--workload",
-        choices=("custom", "w1", "w2"),
-        default="custom",
-        help="custom: the sizes below; w1: batch-1 decode 128 -> 256 greedy; w2: --requests requests, "
-        "prompt and output lengths uniform in [64, 512], temperature 0.8",
+        nargs="+",
+        choices=("custom", "w1", "w2", "w3", "prefix"),
+        default=["custom"],
+        help="one or more, sharing one engine: custom: the sizes below; w1: batch-1 decode 128 -> 256 "
+        "greedy; w2: --requests requests, prompt and output lengths uniform in [64, 512], temperature "
+        "0.8; w3: 64 streams of 32 -> 256 tokens, greedy (the engine side of `bench serve -c 64`); "
+        "prefix: TTFT with a cached prefix against cold, as `atenea bench prefix`",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="custom: sequences generated together")
     parser.add_argument("--prompt-len", type=int, default=32, help="custom: tokens in each random prompt")
@@ -495,7 +585,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the timed run, profile this many decode steps at the workload's batch: kernels, "
         "device time and eager torch ops a step",
     )
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    add_prefix_arguments(parser)
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write the results here; with several workloads, {workload} in PATH names each file",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -16,44 +16,52 @@ import os
 import statistics
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.bench import fmt, write_json
 from app.bench.engine import add_model_arguments, device_name, prompts_of_lengths, run_engine_batch
 from model_runtime.api import SamplingParams
 
+if TYPE_CHECKING:
+    from model_runtime.engine import Engine
+
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Loads the engine, warms it up and times the rounds; returns the figures."""
+    """Loads the engine and times the rounds; returns the figures."""
     from model_runtime import resolve_model
     from model_runtime.config import EngineConfig
     from model_runtime.engine import Engine
 
     resolved = resolve_model(args.model)
-    total = args.prefix_len + args.question_len
     engine = Engine(
         EngineConfig(
             model_path=resolved.path,
             served_model_name=resolved.served_name,
             device=args.device,
             dtype=args.dtype,
-            max_model_len=total + 16,
+            max_model_len=args.prefix_len + args.question_len + 16,
             # Every timed step is a prefill step; graphs serve only decode-only steps.
             enforce_eager=True,
         )
     )
+    return time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed * 1000)
+
+
+def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int, seed: int) -> dict[str, Any]:
+    """Warms the engine up and times the rounds. Round i's prompts come from seed + i, the warm-up's
+    from seed - 1: an engine that ran other work keeps its cache, so `seed` must be new to it."""
     eos = engine.tokenizer.eos_token_ids
     one_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    seed = args.seed * 1000  # each round's prompts come from seeds of their own
     print("prefix: warming up", file=sys.stderr)
-    for warm in prompts_of_lengths([total, args.question_len], engine.vocab_size, seed - 1, eos):
+    warm_lens = [prefix_len + question_len, question_len]
+    for warm in prompts_of_lengths(warm_lens, engine.vocab_size, seed - 1, eos):
         run_engine_batch(engine, [warm], one_token, prefix="warm")
     cold: list[float] = []
     cached: list[float] = []
     hits: list[int] = []
-    for i in range(args.rounds):
+    for i in range(rounds):
         prefix, first, second = prompts_of_lengths(
-            [args.prefix_len, args.question_len, args.question_len], engine.vocab_size, seed + i, eos
+            [prefix_len, question_len, question_len], engine.vocab_size, seed + i, eos
         )
         cold.append(run_engine_batch(engine, [prefix + first], one_token, prefix=f"cold{i}").seconds)
         hit_before = engine.stats().prefix_cache_hit_tokens
@@ -64,10 +72,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "device": engine.device.type,
         "device_name": device_name(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
-        "model": resolved.served_name,
-        "prefix_tokens": args.prefix_len,
-        "question_tokens": args.question_len,
-        "rounds": args.rounds,
+        "model": engine.config.served_model_name,
+        "prefix_tokens": prefix_len,
+        "question_tokens": question_len,
+        "rounds": rounds,
         "cold_ttft_ms": [1000 * s for s in cold],
         "cached_ttft_ms": [1000 * s for s in cached],
         "cold_ttft_median_ms": cold_ms,
@@ -75,6 +83,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cold_over_cached": cold_ms / cached_ms if cached_ms > 0 else None,
         "cache_hit_tokens": hits,  # per cached request: prompt tokens the cache served
     }
+
+
+def describe(figures: dict[str, Any]) -> list[str]:
+    """The printed report of `time_prefix`'s figures."""
+    hits = figures["cache_hit_tokens"]
+    return [
+        f"work:     {figures['rounds']} rounds of a {figures['prefix_tokens']}-token prefix and a "
+        f"{figures['question_tokens']}-token question, one token each",
+        f"cold:     TTFT median {fmt(figures['cold_ttft_median_ms'], 1)} ms",
+        f"cached:   TTFT median {fmt(figures['cached_ttft_median_ms'], 1)} ms "
+        f"({min(hits)}-{max(hits)} prompt tokens from the cache)",
+        f"cold / cached = {fmt(figures['cold_over_cached'])}x",
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,27 +107,22 @@ def run(args: argparse.Namespace) -> int:
     figures = measure(args)
     print(f"device:   {figures['device']}, {figures['device_name']}, {figures['dtype']}")
     print(f"model:    {figures['model']}")
-    print(
-        f"work:     {figures['rounds']} rounds of a {figures['prefix_tokens']}-token prefix and a "
-        f"{figures['question_tokens']}-token question, one token each"
-    )
-    print(f"cold:     TTFT median {fmt(figures['cold_ttft_median_ms'], 1)} ms")
-    hits = figures["cache_hit_tokens"]
-    print(
-        f"cached:   TTFT median {fmt(figures['cached_ttft_median_ms'], 1)} ms "
-        f"({min(hits)}-{max(hits)} prompt tokens from the cache)"
-    )
-    print(f"cold / cached = {fmt(figures['cold_over_cached'])}x")
+    print("\n".join(describe(figures)))
     if args.json:
         write_json(args.json, figures)
     return 0
 
 
+def add_prefix_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prefix measurement's own flags, which `bench engine --workload prefix` takes too."""
+    parser.add_argument("--prefix-len", type=int, default=1000, help="prefix: tokens of the shared prefix")
+    parser.add_argument("--question-len", type=int, default=32, help="prefix: tokens after the prefix")
+    parser.add_argument("--rounds", type=int, default=5, help="prefix: prefixes timed, cold then cached")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--prefix-len", type=int, default=1000, help="tokens of the shared prefix")
-    parser.add_argument("--question-len", type=int, default=32, help="tokens after the prefix")
-    parser.add_argument("--rounds", type=int, default=5, help="prefixes timed, cold then cached")
+    add_prefix_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="for the random prompts")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
 

@@ -264,6 +264,68 @@ def test_engine_bench_runs_the_engine_and_its_baseline_and_writes_the_figures(
     assert "profile:  3 decode steps at batch 2" in printed
 
 
+def test_engine_bench_runs_several_workloads_on_one_engine_and_one_baseline_model(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What gpu_check.sh runs once per shape: the 7B shape's load time paid once, not per workload."""
+    from app.bench import baselines
+    from app.bench.engine import main
+    from model_runtime import engine as engine_module
+
+    loads = {"engine": 0, "reference": 0}
+    real_engine, real_reference = engine_module.Engine, baselines.load_reference
+
+    def counting_engine(*args: object, **kwargs: object) -> object:
+        loads["engine"] += 1
+        return real_engine(*args, **kwargs)
+
+    def counting_reference(*args: object, **kwargs: object) -> object:
+        loads["reference"] += 1
+        return real_reference(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "Engine", counting_engine)
+    monkeypatch.setattr(baselines, "load_reference", counting_reference)
+    sizes = ["--batch-size", "2", "--prompt-len", "32", "--max-tokens", "4", "--prefix-len", "70"]
+    out = str(tmp_path / "{workload}.json")
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_model_path),
+                "--workload",
+                "custom",
+                "w1",
+                "prefix",
+                *sizes,
+                "--question-len",
+                "8",
+                "--rounds",
+                "2",
+                "--baseline",
+                "generate",
+                "--json",
+                out,
+            ]
+        )
+        == 0
+    )
+    assert loads == {"engine": 1, "reference": 1}
+    custom, w1 = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("custom", "w1"))
+    assert custom["output_tokens"] == 8 and custom["baselines"]["generate"]["completion_tokens"] == 8
+    assert w1["output_tokens"] == 256 and w1["baselines"]["generate"]["completion_tokens"] == 256
+    # Each workload's prompts are its own: nothing an earlier workload left in the cache served them.
+    assert custom["cache_hit_tokens"] == w1["cache_hit_tokens"] == 0
+    prefix = json.loads((tmp_path / "prefix.json").read_text())
+    assert prefix["cache_hit_tokens"] == [64, 64]
+
+
+def test_engine_bench_wants_one_json_file_per_workload(tmp_path: Path) -> None:
+    from app.bench.engine import main
+
+    with pytest.raises(SystemExit, match="workload"):
+        main(["--workload", "w1", "w2", "--json", str(tmp_path / "all.json")])
+
+
 def test_prefix_bench_times_each_prefix_cold_then_served_by_the_cache(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
