@@ -46,6 +46,47 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """The process's children, theirs, and so on (the engine's own process, when it has one)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    except OSError:
+        pass
+    return found
+
+
+def tree_rss_kib(pid: int) -> int | None:
+    """Resident memory of the server and every process under it: with `--engine-process` the model
+    and its KV cache live in a child."""
+    server = rss_kib(pid)
+    if server is None:
+        return None
+    return server + sum(rss_kib(child) or 0 for child in descendants(pid))
+
+
+async def settled_health(client: httpx.AsyncClient, seconds: float = 30.0) -> httpx.Response:
+    """/health once nothing is running or waiting (aborted streams take a step or two to leave)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        health = await client.get("/health")
+        if health.status_code != 200 or time.monotonic() > deadline:
+            return health
+        body = health.json()
+        if body["running"] == 0 and body["waiting"] == 0:
+            return health
+        await asyncio.sleep(0.2)
+
+
+def kv_returned(health: httpx.Response) -> bool:
+    if health.status_code != 200:
+        return False
+    body = health.json()
+    return body["running"] == 0 and body["kv_blocks_free"] == body["kv_blocks_total"]
+
+
 @dataclass
 class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -206,7 +247,7 @@ async def main() -> int:
 
         async def sampler() -> None:
             while time.monotonic() < end:
-                if args.pid and (rss := rss_kib(args.pid)) is not None:
+                if args.pid and (rss := tree_rss_kib(args.pid)) is not None:
                     samples.append((time.monotonic() - started, rss))
                 elapsed = time.monotonic() - started
                 if int(elapsed) % 60 < 5:
@@ -223,7 +264,7 @@ async def main() -> int:
             flush=True,
         )
         await asyncio.gather(sampler(), *(worker() for _ in range(args.concurrency)))
-        health = await client.get("/health")
+        health = await settled_health(client)
 
     tally = soak.tally
     warm = [rss for t, rss in samples if t >= (warm_until - started)]
@@ -240,9 +281,11 @@ async def main() -> int:
         "rss_mib_max": round(max(r for _, r in samples) / 1024, 1) if samples else None,
         "rss_drift_pct": round(drift * 100, 2) if drift is not None else None,
         "healthy_after": health.status_code == 200,
+        # Once idle, every KV block is free again (cached prefixes count as free): nothing leaked.
+        "kv_blocks_returned": kv_returned(health),
     }
     print(json.dumps(report, indent=2))
-    ok = report["unexpected_failures"] == 0 and report["healthy_after"]
+    ok = report["unexpected_failures"] == 0 and report["healthy_after"] and report["kv_blocks_returned"]
     ok = ok and (drift is None or drift < args.max_drift)
     return 0 if ok else 1
 
