@@ -81,8 +81,11 @@ def make_prompts(
 
 
 def prompts_of_lengths(
-    lengths: Sequence[int], vocab_size: int, seed: int, exclude: Collection[int] = ()
+    lengths: Sequence[int], vocab_size: int, seed: int | str, exclude: Collection[int] = ()
 ) -> list[list[int]]:
+    """Seeded random prompts. Prompts from one seed share their first tokens, so runs that share an
+    engine (and its prefix cache) need seeds of their own; a str seed names its own stream (an int
+    seed n gives the same stream as -n)."""
     rng = random.Random(seed)
     prompts = []
     for length in lengths:
@@ -192,7 +195,7 @@ class Workload:
 
 def make_workload(name: str, args: argparse.Namespace, index: int = 0) -> Workload:
     """The named workload; `index` is its place in the run, which keeps its prompts its own."""
-    seed = args.seed + 1000 * index  # the warm-up uses args.seed + 1; prefix rounds their own seeds
+    seed = args.seed + 1000 * index
     if name == "w1":
         return Workload("w1", [128], [256], 0.0, ("generate",), seed)
     if name == "w2":
@@ -259,8 +262,8 @@ def load_engine(
     eos = engine.tokenizer.eos_token_ids
     widest = max(works, key=lambda w: len(w.prompt_lens), default=None)
     warm_lens = widest.prompt_lens[:64] if widest is not None else [min(min_len, 512) or 32]
-    # Warm-up prompts come from another seed so the prefix cache cannot serve the timed prefill.
-    warm = prompts_of_lengths(warm_lens, engine.vocab_size, args.seed + 1, eos)
+    # Warm-up prompts come from a seed of their own, so the prefix cache cannot serve a timed prefill.
+    warm = prompts_of_lengths(warm_lens, engine.vocab_size, f"warm-{args.seed}", eos)
     print("engine: warming up", file=sys.stderr)
     run_engine_batch(
         engine, warm, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True), prefix="warm"
@@ -440,8 +443,7 @@ def run(args: argparse.Namespace) -> int:
     if "prefix" in names:
         from app.bench.prefix import describe, time_prefix
 
-        seed = (args.seed + 1000 * names.index("prefix")) * 1000  # new to the engine's cache
-        prefix = time_prefix(engine, args.prefix_len, args.question_len, args.rounds, seed)
+        prefix = time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed)
         print("\n".join(describe(prefix)))
         save("prefix", prefix)
     # The engine holds its KV budget (most of a GPU); it must be gone before the baselines load.

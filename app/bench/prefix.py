@@ -44,29 +44,33 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             enforce_eager=True,
         )
     )
-    return time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed * 1000)
+    return time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed)
 
 
 def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int, seed: int) -> dict[str, Any]:
-    """Warms the engine up and times the rounds. Round i's prompts come from seed + i, the warm-up's
-    from seed - 1: an engine that ran other work keeps its cache, so `seed` must be new to it."""
+    """Warms the engine up and times the rounds. The prompts come from str seeds of their own
+    ("prefix-SEED-ROUND"), which no other prompts of the benchmarks use: an engine that ran other
+    work keeps its cache, and no cold request may find anything there."""
     eos = engine.tokenizer.eos_token_ids
     one_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     print("prefix: warming up", file=sys.stderr)
     warm_lens = [prefix_len + question_len, question_len]
-    for warm in prompts_of_lengths(warm_lens, engine.vocab_size, seed - 1, eos):
+    for warm in prompts_of_lengths(warm_lens, engine.vocab_size, f"prefix-{seed}-warm", eos):
         run_engine_batch(engine, [warm], one_token, prefix="warm")
     cold: list[float] = []
     cached: list[float] = []
     hits: list[int] = []
+    cold_hits: list[int] = []
     for i in range(rounds):
         prefix, first, second = prompts_of_lengths(
-            [prefix_len, question_len, question_len], engine.vocab_size, seed + i, eos
+            [prefix_len, question_len, question_len], engine.vocab_size, f"prefix-{seed}-{i}", eos
         )
-        cold.append(run_engine_batch(engine, [prefix + first], one_token, prefix=f"cold{i}").seconds)
         hit_before = engine.stats().prefix_cache_hit_tokens
+        cold.append(run_engine_batch(engine, [prefix + first], one_token, prefix=f"cold{i}").seconds)
+        hit_cold = engine.stats().prefix_cache_hit_tokens
         cached.append(run_engine_batch(engine, [prefix + second], one_token, prefix=f"cached{i}").seconds)
-        hits.append(engine.stats().prefix_cache_hit_tokens - hit_before)
+        cold_hits.append(hit_cold - hit_before)
+        hits.append(engine.stats().prefix_cache_hit_tokens - hit_cold)
     cold_ms, cached_ms = 1000 * statistics.median(cold), 1000 * statistics.median(cached)
     return {
         "device": engine.device.type,
@@ -82,6 +86,7 @@ def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int,
         "cached_ttft_median_ms": cached_ms,
         "cold_over_cached": cold_ms / cached_ms if cached_ms > 0 else None,
         "cache_hit_tokens": hits,  # per cached request: prompt tokens the cache served
+        "cold_cache_hit_tokens": cold_hits,  # per cold request: 0, or it was not cold
     }
 
 

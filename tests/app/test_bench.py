@@ -316,7 +316,20 @@ def test_engine_bench_runs_several_workloads_on_one_engine_and_one_baseline_mode
     # Each workload's prompts are its own: nothing an earlier workload left in the cache served them.
     assert custom["cache_hit_tokens"] == w1["cache_hit_tokens"] == 0
     prefix = json.loads((tmp_path / "prefix.json").read_text())
-    assert prefix["cache_hit_tokens"] == [64, 64]
+    assert prefix["cache_hit_tokens"] == [64, 64] and prefix["cold_cache_hit_tokens"] == [0, 0]
+
+
+def test_engine_bench_prefix_alone_keeps_its_cold_requests_cold(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """The engine's warm-up must not leave a timed cold request anything to find in the cache."""
+    from app.bench.engine import main
+
+    out = tmp_path / "prefix.json"
+    sizes = ["--prefix-len", "70", "--question-len", "8", "--rounds", "3"]
+    assert main(["--model", str(tiny_model_path), "--workload", "prefix", *sizes, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["cold_cache_hit_tokens"] == [0, 0, 0] and figures["cache_hit_tokens"] == [64, 64, 64]
 
 
 def test_engine_bench_wants_one_json_file_per_workload(tmp_path: Path) -> None:
@@ -338,7 +351,7 @@ def test_prefix_bench_times_each_prefix_cold_then_served_by_the_cache(
     assert len(figures["cold_ttft_ms"]) == len(figures["cached_ttft_ms"]) == 2
     # The second request of a round found the prefix's 4 full blocks of 16 tokens, and no more: the
     # rest of the prefix and the new question were computed.
-    assert figures["cache_hit_tokens"] == [64, 64]
+    assert figures["cache_hit_tokens"] == [64, 64] and figures["cold_cache_hit_tokens"] == [0, 0]
     assert figures["cold_over_cached"] == figures["cold_ttft_median_ms"] / figures["cached_ttft_median_ms"]
 
 
