@@ -92,11 +92,12 @@ def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int,
 
 def describe(figures: dict[str, Any]) -> list[str]:
     """The printed report of `time_prefix`'s figures."""
-    hits = figures["cache_hit_tokens"]
+    hits, cold_hits = figures["cache_hit_tokens"], figures["cold_cache_hit_tokens"]
     return [
         f"work:     {figures['rounds']} rounds of a {figures['prefix_tokens']}-token prefix and a "
         f"{figures['question_tokens']}-token question, one token each",
-        f"cold:     TTFT median {fmt(figures['cold_ttft_median_ms'], 1)} ms",
+        f"cold:     TTFT median {fmt(figures['cold_ttft_median_ms'], 1)} ms "
+        f"({min(cold_hits)}-{max(cold_hits)} prompt tokens from the cache)",
         f"cached:   TTFT median {fmt(figures['cached_ttft_median_ms'], 1)} ms "
         f"({min(hits)}-{max(hits)} prompt tokens from the cache)",
         f"cold / cached = {fmt(figures['cold_over_cached'])}x",
