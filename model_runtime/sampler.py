@@ -208,7 +208,9 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     vocab = logits.shape[-1]
     top_k = [min(p.top_k or vocab, vocab) for p in params]
     rows = [i for i, p in enumerate(params) if top_k[i] < vocab or p.top_p < 1.0]
-    index = on_device(rows, logits.device)
+    if not rows:  # a top_k of the vocabulary's size or more filters nothing
+        return logits
+    index = on_device(rows, logits.device, torch.long)
     sub = logits[index] if len(rows) < len(params) else logits
     k = on_device([top_k[i] for i in rows], logits.device)
     top_p = on_device([params[i].top_p for i in rows], logits.device, torch.float32)

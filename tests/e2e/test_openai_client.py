@@ -141,6 +141,14 @@ def test_sampling_extensions_accepted(client: OpenAI) -> None:
     assert r.usage.completion_tokens == 10 and r.choices[0].finish_reason == "length"
 
 
+def test_a_top_k_beyond_the_vocabulary_is_no_filter(client: OpenAI) -> None:
+    """Such a request once failed the engine step, and every request sharing it."""
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=4, extra_body={"top_k": 1_000_000, "ignore_eos": True}
+    )
+    assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+
+
 def test_system_message_and_text_parts(client: OpenAI) -> None:
     def ask(content: object) -> str:
         r = client.chat.completions.create(

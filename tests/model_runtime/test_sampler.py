@@ -56,6 +56,18 @@ def test_filters_keep_the_documented_sets() -> None:
     assert kept.tolist() == [[True, True, False, False]]
 
 
+def test_a_top_k_as_large_as_the_vocabulary_filters_nothing() -> None:
+    """A client's top_k of the vocabulary's size (or more) is no filter; it once failed the whole
+    step, and with it every request in the batch."""
+    logits = torch.randn(3, 50)
+    params = [SamplingParams(top_k=50), SamplingParams(top_k=10_000), SamplingParams(top_k=50, top_p=0.9)]
+    assert torch.equal(probabilities(logits[:2], params[:2]), torch.softmax(logits[:2], dim=-1))
+    probs = probabilities(logits, params)
+    assert torch.equal(probs[:2], torch.softmax(logits[:2], dim=-1))
+    assert 0 < int((probs[2] > 0).sum()) < 50  # the top_p row is still filtered
+    assert len(draw(logits, params, [None] * 3)) == 3
+
+
 def test_samples_follow_the_distribution() -> None:
     probs = torch.tensor([0.6, 0.3, 0.1])
     logits = probs.log().expand(20_000, 3).contiguous()
