@@ -114,7 +114,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    described = describe_validation_errors(exc.errors())
+    described = describe_validation_errors(exc.errors(), exc.body)
     return APIError(400, described.message, param=described.param, code=described.code).to_response()
 
 

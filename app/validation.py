@@ -1,8 +1,10 @@
 """Pydantic's validation errors -> one OpenAI-style error: a message, the offending `param`, a code.
 
 Pydantic reports every failure, and for a union field one per member, with the member's type in the
-location (`("prompt", "list[int]", 1)`). OpenAI reports one error with a dotted parameter path, so we
-pick the first failing parameter, cut the path where a union starts and describe the deepest failure.
+location (`("prompt", "list[int]", 1)`), or for a union told apart by its `type` field, that type's
+value (`("response_format", "json_schema", "json_schema", "name")`). OpenAI reports one error with a
+dotted parameter path, so we pick the first failing parameter, cut the path where a union starts and
+describe the deepest failure.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
 _PRETTY_TYPES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}
 _PLURAL_TYPES = {"str": "strings", "int": "integers", "float": "numbers", "bool": "booleans"}
 _BODY_NOT_AN_OBJECT = {"model_attributes_type", "model_type", "dict_type"}
+# Parameters whose value is a union told apart by its `type` field (`Field(discriminator="type")`).
+TYPE_TAGGED_PARAMS = frozenset({"response_format"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ def _is_union_member(element: str | int) -> bool:
     return isinstance(element, str) and (element in _TYPE_NAMES or not _FIELD_NAME.match(element))
 
 
-def _locate(error: dict[str, Any]) -> _Located:
+def _locate(error: dict[str, Any], body: Any = None) -> _Located:
     loc = tuple(error["loc"])
     if loc[:1] == ("body",):
         loc = loc[1:]
@@ -51,10 +55,17 @@ def _locate(error: dict[str, Any]) -> _Located:
     param: list[str | int] = []
     path: list[str | int] = []
     member: str | None = None
+    node = body  # the body's value at `path`
+    previous: str | int | None = None
     for element in head:
-        if _is_union_member(element):
+        # A union told apart by `type` puts the object's own `type` value in the location, right
+        # after the parameter, before its fields (one of which may have the same name).
+        is_tag = previous in TYPE_TAGGED_PARAMS and isinstance(node, dict) and node.get("type") == element
+        previous = element
+        if is_tag or _is_union_member(element):
             member = member or str(element)
             continue
+        node = _child(node, element)
         if member is None:
             param.append(element)
         path.append(element)
@@ -62,6 +73,14 @@ def _locate(error: dict[str, Any]) -> _Located:
         param.extend(tail)
     path.extend(tail)
     return _Located(tuple(param), tuple(path), member, error)
+
+
+def _child(node: Any, key: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(key)
+    if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+        return node[key]
+    return None
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -75,9 +94,12 @@ def _plural_type(tag: str) -> str:
 
 
 def _pretty_type(tag: str) -> str:
-    """A pydantic union member tag in words: "list[list[int]]" -> "an array of arrays of integers"."""
+    """A pydantic union member tag in words: "list[list[int]]" -> "an array of arrays of integers",
+    "literal['none','auto']" -> "one of 'none', 'auto'"."""
     if tag.startswith("list[") and tag.endswith("]"):
         return f"an array of {_plural_type(tag[5:-1])}"
+    if tag.startswith("literal[") and tag.endswith("]"):
+        return "one of " + ", ".join(tag[8:-1].split(","))
     return _PRETTY_TYPES.get(tag, "an object")
 
 
@@ -103,14 +125,15 @@ def _body_error(error: dict[str, Any]) -> DescribedError | None:
     return None
 
 
-def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> DescribedError:
+def describe_validation_errors(errors: Sequence[dict[str, Any]], body: Any = None) -> DescribedError:
+    """`body`: the request as parsed JSON, which tells the `type` tags in a location apart."""
     if not errors:
         return DescribedError("Invalid request.", None, "invalid_value")
     for error in errors:
         if (described := _body_error(error)) is not None:
             return described
 
-    located = [_locate(error) for error in errors]
+    located = [_locate(error, body) for error in errors]
     first = located[0].param
     group = [item for item in located if item.param == first]
     param = excerpt(_dotted(first)) or None

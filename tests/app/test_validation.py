@@ -102,6 +102,36 @@ async def test_prompt_of_wrong_type_message(client: httpx.AsyncClient, openapi: 
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}),
+            "Invalid value for 'response_format.json_schema.name': String should match pattern "
+            "'^[a-zA-Z0-9_-]{1,64}$'.",
+        ),
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+            "Missing required parameter: 'response_format.json_schema.name'.",
+        ),
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}, "strict": True}),
+            "Unrecognized argument 'strict' in 'response_format'.",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="any"),
+            "Invalid type for 'tool_choice': expected one of 'none', 'auto', 'required' or an object.",
+        ),
+    ],
+)
+async def test_messages_name_the_parameter_as_sent(
+    client: httpx.AsyncClient, openapi: OpenAPISchemas, body: dict[str, Any], message: str
+) -> None:
+    """A union told apart by `type` reports the path the client wrote, not its member's tag too."""
+    error = await error_of(await client.post(CHAT, json=body), openapi)
+    assert error["message"] == message
+
+
 async def test_missing_field_message(client: httpx.AsyncClient, openapi: OpenAPISchemas) -> None:
     error = await error_of(await client.post(CHAT, json={"model": "fake-model"}), openapi)
     assert (error["message"], error["code"]) == (
