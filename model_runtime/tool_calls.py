@@ -159,27 +159,6 @@ def parse_call(body: str) -> ParsedCall | None:
     return ParsedCall(new_call_id(), value["name"], text)
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
-    """A finished output -> (content outside the calls or None, the calls)."""
-    content: list[str] = []
-    calls: list[ParsedCall] = []
-    rest = text
-    while (start := rest.find(CALL_OPEN)) >= 0:
-        end = rest.find(CALL_CLOSE, start)
-        if end < 0:
-            break
-        call = parse_call(rest[start + len(CALL_OPEN) : end].strip())
-        content.append(rest[:start] if call is not None else rest[: end + len(CALL_CLOSE)])
-        if call is not None:
-            calls.append(call)
-        rest = rest[end + len(CALL_CLOSE) :]
-        if call is not None:
-            rest = rest.lstrip("\n")
-    content.append(rest)
-    joined = "".join(content)
-    return (joined.strip() or None) if calls else joined, calls
-
-
 @dataclass(frozen=True)
 class ContentPiece:
     text: str
@@ -302,3 +281,25 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 def choice_needs_constraint(choice: ToolChoice) -> bool:
     return choice in (ToolChoice.REQUIRED, ToolChoice.NAMED)
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
+    """A finished output -> (content outside the calls or None, the calls).
+
+    The streaming parser run over the whole text, so a response reads as its stream does, a call
+    cut off by `max_tokens` included (announced once its name was complete, with the arguments
+    written so far); only the content is stripped when there are calls, as OpenAI returns it."""
+    parser = ToolCallParser()
+    content: list[str] = []
+    calls: dict[int, ParsedCall] = {}
+    for event in parser.feed(text) + parser.finish():
+        if isinstance(event, ContentPiece):
+            content.append(event.text)
+        elif isinstance(event, CallStart):
+            calls[event.index] = ParsedCall(event.id, event.name, "")
+        else:
+            call = calls[event.index]
+            calls[event.index] = ParsedCall(call.id, call.name, call.arguments + event.text)
+    joined = "".join(content)
+    ordered = [calls[i] for i in sorted(calls)]
+    return (joined.strip() or None) if ordered else joined, ordered

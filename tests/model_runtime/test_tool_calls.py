@@ -65,6 +65,22 @@ def test_streamed_calls_match_the_whole_parse(step: int) -> None:
     assert [json.loads(a)["city"] for _, a in calls] == ["Paris", "Rome"]
 
 
+def test_an_output_cut_anywhere_reads_the_same_whole_and_streamed() -> None:
+    """As when `max_tokens` ends the output inside a call: the response has the call its stream
+    announced, with the same arguments so far, and the same content."""
+    text = "Checking. " + CALL + "\n" + CALL.replace("Paris", "Rome")
+    for cut in range(len(text) + 1):
+        whole_content, whole_calls = parse_tool_calls(text[:cut])
+        for step in (1, 7):
+            content, calls = assemble(stream(text[:cut], step))
+            assert calls == [(c.name, c.arguments) for c in whole_calls], cut
+            assert ((content.strip() or None) if calls else content) == whole_content, cut
+    content, calls = parse_tool_calls(CALL[: CALL.index("3")])
+    assert content is None and [(c.name, c.arguments) for c in calls] == [
+        ("get_weather", '{"city": "Paris", "days": ')
+    ]
+
+
 def test_arguments_stream_in_fragments_before_the_call_closes() -> None:
     parser = ToolCallParser()
     events = []
