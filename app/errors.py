@@ -123,6 +123,9 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     return engine_error(exc).to_response()
 
 
+FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
@@ -132,8 +135,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = APIError(
             405, f"Method not allowed ({excerpt(where)})", code="method_not_allowed", headers=exc.headers
         )
+    elif exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
+        # A body json.loads raised on with something other than a syntax error: bytes that are
+        # not UTF-8 (a compressed body), or nesting deeper than the parser recurses.
+        error = APIError(
+            400,
+            "We could not parse the JSON body of your request. The API expects a JSON object with "
+            "Content-Type: application/json.",
+            code="invalid_json",
+        )
     else:
-        # FastAPI's own 4xx (an unreadable body, ...): keep the status, wrap the detail.
+        # FastAPI's own 4xx: keep the status, wrap the detail.
         error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
         error = APIError(exc.status_code, excerpt(str(exc.detail), 200), type=error_type, headers=exc.headers)
     return error.to_response()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import httpx
@@ -174,7 +175,14 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient, openapi: OpenAPIS
 
 
 @pytest.mark.parametrize(
-    "raw", [b'{"model": "fake-model", "messages": [', b"not json at all", b'{"model": "x",}']
+    "raw",
+    [
+        b'{"model": "fake-model", "messages": [',
+        b"not json at all",
+        b'{"model": "x",}',
+        gzip.compress(b'{"model": "fake-model"}'),  # not UTF-8: the client compressed it
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser recurses
+    ],
 )
 async def test_malformed_json(client: httpx.AsyncClient, openapi: OpenAPISchemas, raw: bytes) -> None:
     response = await client.post(CHAT, content=raw, headers={"content-type": "application/json"})
