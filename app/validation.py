@@ -22,7 +22,7 @@ _PRETTY_TYPES = {"str": "a string", "int": "an integer", "float": "a number", "b
 _PLURAL_TYPES = {"str": "strings", "int": "integers", "float": "numbers", "bool": "booleans"}
 _BODY_NOT_AN_OBJECT = {"model_attributes_type", "model_type", "dict_type"}
 # Parameters whose value is a union told apart by its `type` field (`Field(discriminator="type")`).
-TYPE_TAGGED_PARAMS = frozenset({"response_format"})
+_TYPE_TAGGED_PARAMS = frozenset({"response_format"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _locate(error: dict[str, Any], body: Any = None) -> _Located:
     for element in head:
         # A union told apart by `type` puts the object's own `type` value in the location, right
         # after the parameter, before its fields (one of which may have the same name).
-        is_tag = previous in TYPE_TAGGED_PARAMS and isinstance(node, dict) and node.get("type") == element
+        is_tag = previous in _TYPE_TAGGED_PARAMS and isinstance(node, dict) and node.get("type") == element
         previous = element
         if is_tag or _is_union_member(element):
             member = member or str(element)
