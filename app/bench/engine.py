@@ -291,7 +291,6 @@ def engine_facts(engine: Engine) -> EngineFacts:
 
 def time_workload(engine: Engine, args: argparse.Namespace, work: Workload) -> EngineRun:
     """Times the workload on the engine, then profiles it if `--profile` asks."""
-    import torch
     from tqdm import tqdm
 
     from app.bench.roofline import kv_bytes_per_token, weight_bytes
@@ -324,8 +323,6 @@ def time_workload(engine: Engine, args: argparse.Namespace, work: Workload) -> E
 
         print(f"engine: profiling {args.profile} decode steps of {work.name}", file=sys.stderr)
         profile = profile_decode_steps(engine, prompts, args.profile, work.temperature)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
     return EngineRun(work, timing, prompts, read["bytes"], read["seconds"], hits, profile)
 
 
