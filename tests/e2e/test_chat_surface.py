@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from openai import OpenAI
+from openai import OpenAI, pydantic_function_tool
+from pydantic import BaseModel
 from transformers import AutoTokenizer
 
 from tests.e2e.conftest import MODEL
@@ -125,6 +126,42 @@ def test_json_schema_output_always_validates(client: OpenAI) -> None:
     for choice in r.choices:
         assert choice.finish_reason == "stop"
         jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+class Weather(BaseModel):
+    city: str
+
+
+def test_the_clients_parse_helpers_get_typed_objects(client: OpenAI) -> None:
+    """`chat.completions.parse`, the official client's structured-output helper: a pydantic model
+    as the response format (a strict JSON schema), and a pydantic model as a strict tool."""
+    kwargs = {"model": MODEL, "temperature": 0, "max_tokens": 64}
+    answer = client.chat.completions.parse(
+        **kwargs, messages=[{"role": "user", "content": "Ann is 30."}], response_format=Person
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    assert isinstance(answer.choices[0].message.parsed, Person)
+    called = client.chat.completions.parse(
+        **kwargs,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[pydantic_function_tool(Weather)],
+        tool_choice="required",
+    )
+    assert called.choices[0].finish_reason == "tool_calls"
+    calls = called.choices[0].message.tool_calls
+    assert calls and all(isinstance(call.function.parsed_arguments, Weather) for call in calls)
+    with client.chat.completions.stream(
+        **kwargs, messages=[{"role": "user", "content": "Ann is 30."}], response_format=Person
+    ) as stream:
+        for _ in stream:
+            pass
+        streamed = stream.get_final_completion().choices[0].message.parsed
+    assert streamed == answer.choices[0].message.parsed  # greedy both ways
 
 
 def test_json_object_output_parses(client: OpenAI) -> None:
