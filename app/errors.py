@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from app.excerpts import bounded_message, excerpt
 from app.schemas.common import ErrorDetail, ErrorResponse
-from app.validation import describe_validation_errors
+from app.validation import describe_validation_errors, unparsable_body
 from model_runtime import EngineError
 
 logger = logging.getLogger(__name__)
@@ -138,12 +138,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
         # A body json.loads raised on with something other than a syntax error: bytes that are
         # not UTF-8 (a compressed body), or nesting deeper than the parser recurses.
-        error = APIError(
-            400,
-            "We could not parse the JSON body of your request. The API expects a JSON object with "
-            "Content-Type: application/json.",
-            code="invalid_json",
-        )
+        described = unparsable_body()
+        error = APIError(400, described.message, param=described.param, code=described.code)
     else:
         # FastAPI's own 4xx: keep the status, wrap the detail.
         error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR

@@ -103,16 +103,21 @@ def _pretty_type(tag: str) -> str:
     return _PRETTY_TYPES.get(tag, "an object")
 
 
+def unparsable_body(reason: str | None = None) -> DescribedError:
+    """The error for a body that is not JSON at all; `reason` is the parser's, where it gave one."""
+    because = f" ({reason})" if reason else ""
+    return DescribedError(
+        f"We could not parse the JSON body of your request{because}. "
+        "The API expects a JSON object with Content-Type: application/json.",
+        None,
+        "invalid_json",
+    )
+
+
 def _body_error(error: dict[str, Any]) -> DescribedError | None:
     """Errors about the body as a whole rather than one parameter."""
     if error["type"] == "json_invalid":
-        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
-        return DescribedError(
-            f"We could not parse the JSON body of your request ({reason}). "
-            "The API expects a JSON object with Content-Type: application/json.",
-            None,
-            "invalid_json",
-        )
+        return unparsable_body((error.get("ctx") or {}).get("error", "invalid JSON"))
     if tuple(error["loc"]) == ("body",):
         if error["type"] == "missing":
             return DescribedError("The request body is empty; send a JSON object.", None, "invalid_json")
