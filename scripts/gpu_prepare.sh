@@ -11,7 +11,8 @@ rm -rf .gpu/home
 mkdir -p .gpu/home/models .gpu/wheels
 for shape in smollm2-135m llama2-7b llama3-8b; do
   # Pulled into the usual cache, then only the small folder is copied (not the default model's weights).
-  folder=$(.venv/bin/atenea pull "random:$shape" | sed -n 's/^[^:]*: \(.*\) (.*$/\1/p')
+  # Its first line is "random-NAME: FOLDER (...)"; later lines report on other things (CPU kernels).
+  folder=$(.venv/bin/atenea pull "random:$shape" | sed -n "s/^random-$shape: \(.*\) (.*$/\1/p")
   cp -r "$folder" .gpu/home/models/
 done
 # What the engine, the HTTP server and the bench client import beyond torch/transformers/numpy.
