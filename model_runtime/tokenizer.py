@@ -213,8 +213,19 @@ class Tokenizer:
     the engine thread (detokenizers) may use it at the same time.
     """
 
-    def __init__(self, hf_tokenizer: Any, chat_template: ChatTemplate, eos_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        hf_tokenizer: Any,
+        chat_template: ChatTemplate,
+        eos_token_ids: frozenset[int],
+        id_limit: int | None = None,
+    ) -> None:
         self.hf_tokenizer = hf_tokenizer
+        # A random-weight model of a real shape borrows the default model's tokenizer, which can
+        # have more tokens than the shape's vocabulary (49,152 against Llama 2's 32,000). Its text
+        # means nothing, so encoded ids past the vocabulary are folded into it: a chat request to
+        # `random:llama2-7b` runs instead of failing the prompt check.
+        self.id_limit = id_limit
         self.chat_template = chat_template
         self.eos_token_ids = eos_token_ids
         self.vocab_size: int = len(hf_tokenizer)
@@ -245,13 +256,18 @@ class Tokenizer:
         eos = _folder_eos_ids(folder)
         if hf_tokenizer.eos_token_id is not None:
             eos.add(hf_tokenizer.eos_token_id)
-        return cls(hf_tokenizer, chat_template, frozenset(eos))
+        return cls(
+            hf_tokenizer, chat_template, frozenset(eos), _random_shape_vocab(folder, len(hf_tokenizer))
+        )
 
     def encode(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
         """Prompt text -> ids. BOS is added by default, as `tokenizer(text)` and vLLM's
         completions endpoint do: Llama-family models degrade badly without it."""
         _check_encodable(text, param)
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if self.id_limit is not None:
+            return [i % self.id_limit for i in ids]
+        return ids
 
     def render_chat(
         self,
@@ -294,6 +310,16 @@ class Tokenizer:
     def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer:
         """A fresh streaming decoder for one sequence that follows `prompt_ids`."""
         return IncrementalDetokenizer(self._decode, prompt_ids, self.special_ids)
+
+
+def _random_shape_vocab(folder: Path, tokenizer_size: int) -> int | None:
+    """The vocabulary of a random-weight model smaller than its borrowed tokenizer, else None."""
+    from model_runtime.models.random_models import has_random_weights
+
+    if not has_random_weights(folder):
+        return None
+    vocab = json.loads((folder / "config.json").read_text()).get("vocab_size")
+    return vocab if isinstance(vocab, int) and vocab < tokenizer_size else None
 
 
 def _bytes_to_unicode() -> dict[int, str]:

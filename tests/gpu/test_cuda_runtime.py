@@ -3,6 +3,7 @@ and a loaded engine that never produces NaN/inf. Run by scripts/gpu_check.sh (`p
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from model_runtime.api import SamplingParams
+from model_runtime.in_flight import CarriedTokens
 from model_runtime.kernels.paged_decode import paged_decode, paged_decode_reference
 from model_runtime.kernels.paged_prefill import paged_prefill, paged_prefill_reference
 from model_runtime.kv_cache import BlockManager
@@ -74,9 +76,7 @@ def greedy(runner: ModelRunner, prompts: list[list[int]], new_tokens: int) -> li
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(32, 32, 128), (32, 8, 128), (9, 3, 64)])
 def test_kernel_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, dim: int) -> None:
     lengths = [1, 15, 16, 17, 64, 65, 300, 1000]
-    q, keys, values, tables, lens = (
-        t.to(CUDA) for t in random_cache(heads, kv_heads, dim, lengths, seed=2)
-    )
+    q, keys, values, tables, lens = (t.to(CUDA) for t in random_cache(heads, kv_heads, dim, lengths, seed=2))
     q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
     out = paged_decode(q, keys, values, tables, lens, 16, dim**-0.5)
     expected = paged_decode_reference(q.float(), keys.float(), values.float(), tables, lens, 16, dim**-0.5)
@@ -187,8 +187,10 @@ def test_loaded_engine_stays_finite_and_returns_every_block() -> None:
     engine = Engine(EngineConfig(model_path=path, served_model_name="random", max_num_seqs=64))
     run = engine.runner.run
 
-    def checked(batch: Batch) -> tuple[torch.Tensor, list[ScheduledChunk]]:
-        logits, chunks = run(batch)
+    def checked(
+        batch: Batch, carried: CarriedTokens | None = None
+    ) -> tuple[torch.Tensor, list[ScheduledChunk]]:
+        logits, chunks = run(batch, carried)
         assert torch.isfinite(logits).all()
         return logits, chunks
 
@@ -298,9 +300,14 @@ def test_the_image_pipelines_peak_is_kept_out_of_the_kv_cache(tmp_path: Path) ->
     assert abs((without - with_images) - expected) <= 0.02 * expected + 64
 
 
-async def test_the_engine_process_on_cuda_answers_as_the_engine_thread() -> None:
+def test_the_engine_process_on_cuda_answers_as_the_engine_thread() -> None:
     """`--engine-process` is the default with CUDA: the child must initialise CUDA itself (the
     server never does) and give the same greedy tokens as the engine on a thread."""
+    # Its own event loop: the GPU machine's pytest has no asyncio plugin.
+    asyncio.run(_engine_process_and_thread_agree())
+
+
+async def _engine_process_and_thread_agree() -> None:
     from model_runtime import resolve_model
     from model_runtime.async_engine import AsyncEngine
     from model_runtime.config import EngineConfig

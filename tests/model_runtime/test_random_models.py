@@ -40,3 +40,17 @@ def test_a_random_model_serves_tokens(default_model_path: Path) -> None:
 def test_unknown_random_shape() -> None:
     with pytest.raises(ValueError, match="random:llama2-7b"):
         resolve_model("random:gpt-5", progress=False)
+
+
+def test_text_for_a_random_shape_stays_in_its_vocabulary(default_model_path: Path) -> None:
+    """random:llama2-7b borrows a 49,152-token tokenizer for a 32,000-token shape: chat requests
+    (the HTTP benchmark's) must tokenize into the shape's vocabulary, not fail the prompt check."""
+    from model_runtime.tokenizer import Tokenizer
+
+    text = "Request 7. Write a long story about a lighthouse keeper, in Portuguese: pão, coração, ninguém."
+    full = Tokenizer.from_folder(default_model_path).encode(text)
+    llama2 = Tokenizer.from_folder(resolve_model("random:llama2-7b", progress=False).path)
+    assert max(full) >= 32000  # the text does reach past Llama 2's vocabulary
+    assert llama2.encode(text) == [i % 32000 for i in full]
+    smollm2 = Tokenizer.from_folder(resolve_model("random:smollm2-135m", progress=False).path)
+    assert smollm2.encode(text) == full  # its own vocabulary: nothing folded
