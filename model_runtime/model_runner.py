@@ -214,7 +214,7 @@ class ModelRunner:
         """Block tables `[B, W]` (rows padded with block 0, never read) and context lengths `[B]`."""
         if not decodes:
             return None, None
-        width = max(len(c.seq.block_table) for c in decodes)
+        width = _table_width(max(len(c.seq.block_table) for c in decodes))
         tables = torch.tensor(
             [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decodes], dtype=torch.int32
         )
@@ -223,24 +223,27 @@ class ModelRunner:
 
     def _prefill_tables(self, batch: Batch) -> dict[str, torch.Tensor | int]:
         """AttentionMetadata's prefill_* fields: one row per chunk, every one on the device in a
-        single copy (block tables padded with block 0, never read past a chunk's end)."""
+        single copy (block tables padded with block 0, never read past a chunk's end). Each part
+        starts 16 bytes into the copy's alignment and the tables' width is a multiple of 16, so
+        every step's arguments fall in one Triton specialization (see `_table_width`)."""
         chunks = batch.prefills
         if not chunks:
             return {}
-        n, width = len(chunks), max(len(c.seq.block_table) for c in chunks)
-        flat = torch.zeros(3 * n + n * width, dtype=torch.int32)  # starts, lengths, positions, tables
-        tables = flat[3 * n :].view(n, width)
+        n, width = len(chunks), _table_width(max(len(c.seq.block_table) for c in chunks))
+        part = -(-n // 4) * 4  # int32 entries in a multiple of 16 bytes
+        flat = torch.zeros(3 * part + n * width, dtype=torch.int32)  # starts, lengths, positions, tables
+        tables = flat[3 * part :].view(n, width)
         row = len(batch.decodes)
         for i, c in enumerate(chunks):
-            flat[i], flat[n + i], flat[2 * n + i] = row, c.length, c.start
+            flat[i], flat[part + i], flat[2 * part + i] = row, c.length, c.start
             tables[i, : len(c.seq.block_table)] = torch.tensor(c.seq.block_table, dtype=torch.int32)
             row += c.length
         flat = flat.to(self.device, non_blocking=True)
         return {
             "prefill_q_starts": flat[:n],
-            "prefill_q_lens": flat[n : 2 * n],
-            "prefill_ctx_starts": flat[2 * n : 3 * n],
-            "prefill_tables": flat[3 * n :].view(n, width),
+            "prefill_q_lens": flat[part : part + n],
+            "prefill_ctx_starts": flat[2 * part : 2 * part + n],
+            "prefill_tables": flat[3 * part :].view(n, width),
             "prefill_max_len": max(c.length for c in chunks),
         }
 
@@ -259,6 +262,17 @@ class ModelRunner:
             slices.append(PrefillSlice(row, c.length, context.to(self.device, non_blocking=True), mask))
             row += c.length
         return slices
+
+
+def _table_width(blocks: int) -> int:
+    """Block-table width for a step whose longest table has `blocks` entries: a multiple of 16.
+
+    Triton compiles a kernel once per class of its arguments (a pointer aligned to 16 bytes or
+    not, an integer divisible by 16, equal to 1, or neither). A width that followed the batch
+    would put a step of a new class through a fresh compile, half a second or more on a GPU, in
+    the middle of serving; a padded width (and aligned parts) keeps every step in one class.
+    """
+    return max(16, -(-blocks // 16) * 16)
 
 
 @torch.inference_mode()

@@ -124,3 +124,35 @@ def test_runner_block_table_path_matches_the_gathering_path_on_mixed_steps() -> 
     # And the continued prompt agrees with transformers run on the whole of it.
     expected = reference(torch.tensor([prompts[1]])).logits[0, -1]
     torch.testing.assert_close(results[1][1][1], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("num_chunks", [1, 2, 3, 4, 5])
+def test_every_prefill_step_falls_in_one_triton_specialization(num_chunks: int) -> None:
+    """Triton compiles a variant per class of argument (a pointer 16-byte aligned or not, an
+    integer divisible by 16 or not): whatever the number of chunks and their tables' lengths, the
+    prefill metadata's pointers are aligned and the tables' row stride divisible by 16, so no
+    step of a new shape compiles the kernel again mid-serving (half a second on a GPU)."""
+    from model_runtime.api import SamplingParams
+    from model_runtime.kv_cache import BlockManager
+    from model_runtime.model_runner import ModelRunner
+    from model_runtime.scheduler import Batch, ScheduledChunk
+    from model_runtime.sequence import Sequence
+    from tests.model_runtime.test_block_table_decode import tiny_native_and_reference
+
+    model, _ = tiny_native_and_reference()
+    runner = ModelRunner(model, num_blocks=64, block_size=4, cuda_graphs=False)
+    blocks = BlockManager(64, 4)
+    seqs = [
+        Sequence(f"r{i}", list(range(1, 3 + 5 * i)), 2 + 5 * i, SamplingParams(), max_total_tokens=64)
+        for i in range(num_chunks)
+    ]
+    for s in seqs:
+        blocks.allocate(s, s.num_prompt_tokens)
+    meta = runner._prefill_tables(Batch(prefills=[ScheduledChunk(s, 0, s.num_prompt_tokens) for s in seqs]))
+    for name in ("prefill_q_starts", "prefill_q_lens", "prefill_ctx_starts", "prefill_tables"):
+        assert meta[name].data_ptr() % 16 == 0, name
+    assert meta["prefill_tables"].stride(0) % 16 == 0
+    assert meta["prefill_q_lens"].tolist() == [s.num_prompt_tokens for s in seqs]
+    assert meta["prefill_ctx_starts"].tolist() == [0] * num_chunks
+    for s, row in zip(seqs, meta["prefill_tables"].tolist(), strict=True):
+        assert row[: len(s.block_table)] == s.block_table
