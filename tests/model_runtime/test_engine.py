@@ -113,6 +113,25 @@ def test_abort_returns_blocks(tiny_model_path: Path) -> None:
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks and not engine.has_work()
 
 
+def test_warm_up_leaves_an_idle_engine_that_answers_as_a_cold_one(tiny_model_path: Path) -> None:
+    """The warm-up a GPU engine runs before serving (on the CPU here, where it is not automatic)
+    returns every block, zeroes the counters and changes no later answer, with overlapped steps
+    as a GPU engine has them."""
+    prompt = prompts(1, seed=3)[0]
+    cold = make_engine(tiny_model_path, overlap_steps=True)
+    cold.add_request("a", prompt, GREEDY)
+    expected = tokens_of(run_all(cold)["a"])
+    warm = make_engine(tiny_model_path, overlap_steps=True)
+    warm.warm_up()
+    assert not warm.has_work() and not warm.requests
+    assert warm.blocks.num_free_blocks == warm.blocks.num_blocks
+    stats = warm.stats()
+    assert (stats.steps, stats.tokens_generated, stats.prefix_cache_queried_tokens) == (0, 0, 0)
+    warm.add_request("a", prompt, GREEDY)
+    assert tokens_of(run_all(warm)["a"]) == expected
+    assert warm.stats().tokens_generated == len(expected)
+
+
 def test_seed_reproducible(tiny_model_path: Path) -> None:
     engine = make_engine(tiny_model_path)
     params = SamplingParams(temperature=30.0, seed=1234, max_tokens=16, ignore_eos=True)
