@@ -13,7 +13,8 @@
 # the extras "unfused sync thread" (unfused: W1, and SmolLM2's W2, without the fused layer kernels;
 # sync: W1 and W2 without overlapped steps; thread: W3 with the engine on a thread of the server
 # instead of its own process); the extras are a second call, with CHECK_TESTS=0 (no GPU tests) and
-# another $OUT.
+# another $OUT. CHECK_BASELINE=none leaves out the transformers baselines (minutes on the 7B shape)
+# when only the engine's figures are wanted again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -90,7 +91,8 @@ engine_workloads=""
 for w in w1 w2 w3 prefix; do [[ $WORKLOADS == *$w* ]] && engine_workloads+=" $w"; done
 if [[ -n $engine_workloads ]]; then
   for shape in $SHAPES; do
-    engine_bench "$shape" "" "$([[ $shape == llama* ]] && echo 300 || echo 200)" "$engine_workloads" --profile 32
+    engine_bench "$shape" "" "$([[ $shape == llama* ]] && echo 300 || echo 200)" "$engine_workloads" --profile 32 \
+      --baseline "${CHECK_BASELINE:-default}"
   done
 fi
 

@@ -440,7 +440,9 @@ def run(args: argparse.Namespace) -> int:
     if "prefix" in names:
         from app.bench.prefix import describe, time_prefix
 
-        prefix = time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed)
+        prefix = time_prefix(
+            engine, args.prefix_len, args.question_len, args.rounds, args.seed, profile=bool(args.profile)
+        )
         print("\n".join(describe(prefix)))
         save("prefix", prefix)
     # The engine holds its KV budget (most of a GPU); it must be gone before the baselines load.

@@ -47,10 +47,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return time_prefix(engine, args.prefix_len, args.question_len, args.rounds, args.seed)
 
 
-def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int, seed: int) -> dict[str, Any]:
+def time_prefix(
+    engine: Engine, prefix_len: int, question_len: int, rounds: int, seed: int, profile: bool = False
+) -> dict[str, Any]:
     """Warms the engine up and times the rounds. The prompts come from str seeds of their own
     ("prefix-SEED-ROUND"), which no other prompts of the benchmarks use: an engine that ran other
-    work keeps its cache, and no cold request may find anything there."""
+    work keeps its cache, and no cold request may find anything there. With `profile`, one more
+    round runs under torch's profiler (see `step_profile.profile_request`)."""
     eos = engine.tokenizer.eos_token_ids
     one_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     print("prefix: warming up", file=sys.stderr)
@@ -72,6 +75,17 @@ def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int,
         cold_hits.append(hit_cold - hit_before)
         hits.append(engine.stats().prefix_cache_hit_tokens - hit_cold)
     cold_ms, cached_ms = 1000 * statistics.median(cold), 1000 * statistics.median(cached)
+    profiles = None
+    if profile:
+        from app.bench.step_profile import profile_request
+
+        prefix, first, second = prompts_of_lengths(
+            [prefix_len, question_len, question_len], engine.vocab_size, f"prefix-{seed}-profile", eos
+        )
+        profiles = {
+            "cold": profile_request(engine, prefix + first, "profile-cold"),
+            "cached": profile_request(engine, prefix + second, "profile-cached"),
+        }
     return {
         "device": engine.device.type,
         "device_name": device_name(engine.device),
@@ -87,6 +101,7 @@ def time_prefix(engine: Engine, prefix_len: int, question_len: int, rounds: int,
         "cold_over_cached": cold_ms / cached_ms if cached_ms > 0 else None,
         "cache_hit_tokens": hits,  # per cached request: prompt tokens the cache served
         "cold_cache_hit_tokens": cold_hits,  # per cold request: 0, or it was not cold
+        "profile": profiles,
     }
 
 
@@ -101,6 +116,12 @@ def describe(figures: dict[str, Any]) -> list[str]:
         f"cached:   TTFT median {fmt(figures['cached_ttft_median_ms'], 1)} ms "
         f"({min(hits)}-{max(hits)} prompt tokens from the cache)",
         f"cold / cached = {fmt(figures['cold_over_cached'])}x",
+    ] + [
+        f"profile:  {name} request {p['request_ms']:.1f} ms in {p['steps']} steps, device busy "
+        f"{p['device_busy_ms_per_step'] * p['steps']:.1f} ms, "
+        f"{p['kernels_per_step'] * p['steps']:.0f} kernels, "
+        f"most host time in {', '.join(op['name'] for op in p['top_host_ops'][:3])}"
+        for name, p in (figures.get("profile") or {}).items()
     ]
 
 

@@ -1,4 +1,4 @@
-"""A profile of steady decode steps, for `atenea bench engine --profile`.
+"""Profiles for `atenea bench engine --profile`: steady decode steps, and single requests.
 
 What a GPU run needs to say where a step's time goes: how long a step takes on the host's clock,
 how much of it the device spends in kernels, how many kernels and eager torch operations a step
@@ -49,6 +49,31 @@ def profile_decode_steps(
     while engine.has_work():  # the rest, unprofiled, so the engine ends idle
         engine.step()
     return summarize(prof.events(), steps, wall, len(prompts))
+
+
+def profile_request(engine: Engine, prompt: Sequence[int], request_id: str) -> dict[str, Any]:
+    """Profiles one request for one token from submission to its end (the prefix workload's time
+    to first token): device time, kernels, eager ops and the host operations that cost the most,
+    to tell a launch-bound prefill from a compute-bound one."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from app.bench.engine import run_engine_batch
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    activities = [ProfilerActivity.CPU]
+    if engine.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(engine.device)
+    with profile(activities=activities) as prof:
+        timing = run_engine_batch(engine, [prompt], params, prefix=request_id)
+    figures = summarize(prof.events(), timing.steps, timing.seconds, 1)
+    figures["request_ms"] = 1000 * timing.seconds
+    host = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_KERNELS]
+    figures["top_host_ops"] = [
+        {"name": e.key[:120], "calls": e.count, "self_us": e.self_cpu_time_total} for e in host
+    ]
+    return figures
 
 
 def summarize(events: Any, steps: int, wall_s: float, batch: int) -> dict[str, Any]:
