@@ -7,7 +7,9 @@ stop matcher only looks at the held-back tail plus the new text.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
 
 # What UTF-8 decoding with replacement yields for an incomplete multibyte character.
 REPLACEMENT_CHAR = "\ufffd"
@@ -18,6 +20,14 @@ PROMPT_CONTEXT_TOKENS = 5
 _MAX_CHAR_BYTES = 4
 
 Decode = Callable[[list[int]], str]
+
+
+class Detokenizer(Protocol):
+    """One sequence's streaming decoder (`IncrementalDetokenizer` or `ByteLevelDetokenizer`)."""
+
+    def add(self, token_id: int) -> str: ...
+
+    def flush(self) -> str: ...
 
 
 class IncrementalDetokenizer:
@@ -88,6 +98,33 @@ class IncrementalDetokenizer:
         self._read = len(self._window)
         self._prefix_text = self._decode(self._window)
         return new_text
+
+
+class ByteLevelDetokenizer:
+    """The streaming decoder of a byte-level BPE tokenizer (GPT-2 style: SmolLM2, Llama 3).
+
+    There a token stands for a fixed run of bytes, whatever its neighbours, and decoding ids is
+    decoding the concatenation of their bytes as UTF-8 with replacement. So the text can be
+    decoded as the bytes arrive, by Python's incremental UTF-8 decoder, which holds an incomplete
+    character back and replaces invalid bytes as the tokenizer does (maximal subparts). It gives
+    `IncrementalDetokenizer`'s text, about four times faster (no decode calls into the
+    tokenizer per token), and needs no prompt context: no byte-level decoder strips a space.
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes], skip_ids: Collection[int] = frozenset()) -> None:
+        self._token_bytes = token_bytes
+        self._skip_ids = skip_ids
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, token_id: int) -> str:
+        """Feeds one generated token; returns the text it completes (often "", never partial)."""
+        if token_id in self._skip_ids:
+            return ""
+        return self._utf8.decode(self._token_bytes(token_id))
+
+    def flush(self) -> str:
+        """What is still held back (an incomplete character, as U+FFFD) at the end."""
+        return self._utf8.decode(b"", final=True)
 
 
 def _prompt_context(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from model_runtime.api import FinishReason, RequestOutput, TokenLogprob
-from model_runtime.detokenizer import IncrementalDetokenizer, StopMatcher
+from model_runtime.detokenizer import Detokenizer, StopMatcher
 from model_runtime.logprobs import LogprobTracker
 from model_runtime.sampler import RowLogprobs
 from model_runtime.sequence import Sequence
@@ -16,7 +16,7 @@ class RequestState:
     def __init__(
         self,
         seq: Sequence,
-        detokenizer: IncrementalDetokenizer,
+        detokenizer: Detokenizer,
         eos_token_ids: Collection[int],
         token_bytes: Callable[[int], bytes] | None = None,
         token_text: Callable[[int], str] | None = None,

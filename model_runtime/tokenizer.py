@@ -23,7 +23,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from model_runtime.api import ChatMessage, ChatTemplateError, InvalidPrompt, ToolSpec
-from model_runtime.detokenizer import IncrementalDetokenizer, StopMatcher
+from model_runtime.detokenizer import ByteLevelDetokenizer, Detokenizer, IncrementalDetokenizer, StopMatcher
 from model_runtime.tool_calls import template_supports_tools, tools_for_template, with_fallback_tools
 
 __all__ = ["CHATML_TEMPLATE", "ChatTemplate", "IncrementalDetokenizer", "StopMatcher", "Tokenizer"]
@@ -293,7 +293,10 @@ class Tokenizer:
         if token_id in self.special_ids:
             return piece.encode()
         if self._byte_level:  # GPT-2 style: every byte is spelled as one printable character
-            return bytes(self._byte_decoder.get(c, 0) for c in piece)
+            try:
+                return bytes(self._byte_decoder[c] for c in piece)
+            except KeyError:  # an added token spelled in plain text, which the decoder keeps as is
+                return piece.encode()
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # byte fallback
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode()  # SentencePiece spells spaces as U+2581
@@ -307,8 +310,10 @@ class Tokenizer:
         except UnicodeDecodeError:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
-    def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer:
+    def detokenizer(self, prompt_ids: Sequence[int] = ()) -> Detokenizer:
         """A fresh streaming decoder for one sequence that follows `prompt_ids`."""
+        if self._byte_level:
+            return ByteLevelDetokenizer(self.token_bytes, self.special_ids)
         return IncrementalDetokenizer(self._decode, prompt_ids, self.special_ids)
 
 
