@@ -165,8 +165,12 @@ class Engine:
         at zero afterwards; the warm-up's blocks stay in the prefix cache, where only a prompt of
         exactly these ids would find them."""
         params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+        room = self.max_model_len - params.max_tokens  # a prompt must leave room for its tokens
+        if room < 1:
+            return
         for i, length in enumerate((40, 24)):
-            self.add_request(f"warm-up-{i}", [1 + (i + t) % 8 for t in range(length)], params)
+            prompt = [(1 + (i + t) % 8) % self.vocab_size for t in range(min(length, room))]
+            self.add_request(f"warm-up-{i}", prompt, params)
         while self.has_work():
             self.step()
         self.steps = self.tokens_generated = 0

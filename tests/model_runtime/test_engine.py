@@ -130,6 +130,9 @@ def test_warm_up_leaves_an_idle_engine_that_answers_as_a_cold_one(tiny_model_pat
     warm.add_request("a", prompt, GREEDY)
     assert tokens_of(run_all(warm)["a"]) == expected
     assert warm.stats().tokens_generated == len(expected)
+    short = make_engine(tiny_model_path, max_model_len=8)  # the warm-up's prompts must fit any window
+    short.warm_up()
+    assert not short.has_work() and short.blocks.num_free_blocks == short.blocks.num_blocks
 
 
 def test_seed_reproducible(tiny_model_path: Path) -> None:
