@@ -224,8 +224,8 @@ class ModelRunner:
     def _prefill_tables(self, batch: Batch) -> dict[str, torch.Tensor | int]:
         """AttentionMetadata's prefill_* fields: one row per chunk, every one on the device in a
         single copy (block tables padded with block 0, never read past a chunk's end). Each part
-        starts 16 bytes into the copy's alignment and the tables' width is a multiple of 16, so
-        every step's arguments fall in one Triton specialization (see `_table_width`)."""
+        starts at a multiple of 16 bytes and the tables' width is a multiple of 16, so every
+        step's arguments fall in one Triton specialization (see `_table_width`)."""
         chunks = batch.prefills
         if not chunks:
             return {}
