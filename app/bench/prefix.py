@@ -118,7 +118,8 @@ def describe(figures: dict[str, Any]) -> list[str]:
         f"cold / cached = {fmt(figures['cold_over_cached'])}x",
     ] + [
         f"profile:  {name} request {p['request_ms']:.1f} ms in {p['steps']} steps, device busy "
-        f"{p['device_busy_ms_per_step'] * p['steps']:.1f} ms, "
+        f"{p['device_busy_ms_per_step'] * p['steps']:.1f} ms, host in the model runner "
+        f"{p['runner_host_ms']:.1f} ms, "
         f"{p['kernels_per_step'] * p['steps']:.0f} kernels, "
         f"most host time in {', '.join(op['name'] for op in p['top_host_ops'][:3])}"
         for name, p in (figures.get("profile") or {}).items()

@@ -332,6 +332,22 @@ def test_engine_bench_prefix_alone_keeps_its_cold_requests_cold(
     assert figures["cold_cache_hit_tokens"] == [0, 0, 0] and figures["cache_hit_tokens"] == [64, 64, 64]
 
 
+def test_prefix_profile_covers_a_cold_and_a_cached_request(tiny_model_path: Path, tmp_path: Path) -> None:
+    """`--profile` adds one profiled cold and cached request: whole steps, the host's time in the
+    model runner (part of the request's) and its costliest operations."""
+    from app.bench.engine import main
+
+    out = tmp_path / "prefix.json"
+    sizes = ["--prefix-len", "70", "--question-len", "8", "--rounds", "1", "--profile", "2"]
+    assert main(["--model", str(tiny_model_path), "--workload", "prefix", *sizes, "--json", str(out)]) == 0
+    profiles = json.loads(out.read_text())["profile"]
+    assert set(profiles) == {"cold", "cached"}
+    for figures in profiles.values():
+        assert figures["steps"] >= 1 and figures["batch"] == 1
+        assert 0 < figures["runner_host_ms"] <= figures["request_ms"]
+        assert figures["top_host_ops"] and all(op["calls"] >= 1 for op in figures["top_host_ops"])
+
+
 def test_engine_bench_wants_one_json_file_per_workload(tmp_path: Path) -> None:
     from app.bench.engine import main
 
