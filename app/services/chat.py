@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -208,7 +208,7 @@ class _ChoiceStream:
 
 async def _events(
     engine: EngineClient, job: Job, stream: ChatStream, policy: ToolPolicy
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Role chunks, then each choice's deltas and finish, [usage chunk], [DONE]; or error, [DONE]."""
     choices = [_ChoiceStream(i, policy) for i in range(job.params.n)]
     for choice in choices:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -116,7 +116,7 @@ def _logprobs(c: Completion, echo: str) -> CompletionLogprobs | None:
 
 async def _events(
     engine: EngineClient, jobs: list[Job], stream: CompletionStream, echoes: list[str]
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Text chunks per choice, one finish chunk per choice, [usage chunk], [DONE]; or error, [DONE]."""
     n = jobs[0].params.n
     prompt_tokens: dict[int, int] = {}

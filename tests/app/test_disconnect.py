@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -139,3 +139,24 @@ async def test_real_server_non_stream_timeout_aborts(slow_engine: FakeEngine) ->
                 break
             await asyncio.sleep(0.02)
     assert_aborted_early(slow_engine)
+
+
+async def test_closing_a_stream_closes_its_events_at_once() -> None:
+    """sse-starlette closes the iterator it was given when a send fails; the framing around our
+    events must pass that on in the same call (the events' cleanup aborts the generation), not
+    leave the events to the garbage collector's next round."""
+    from app.responses import _framed
+
+    closed = []
+
+    async def events() -> AsyncGenerator[str, None]:
+        try:
+            yield '{"a": 1}'
+            yield "[DONE]"
+        finally:
+            closed.append(True)
+
+    framed = _framed(events())
+    assert await anext(framed) == b'data: {"a": 1}\n\n'
+    await framed.aclose()
+    assert closed == [True]
